@@ -1,0 +1,1 @@
+"""Sub-commands of the ``crystalflow`` command line (one module each)."""
