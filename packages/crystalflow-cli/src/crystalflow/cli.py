@@ -1,10 +1,13 @@
 """The ``crystalflow`` command line.
 
-Each sub-command lives in :mod:`crystalflow.commands` and is registered here; this module only wires
-them together and turns expected errors into one-line messages with a non-zero exit code.
+Each sub-command lives in its own module of :mod:`crystalflow.commands` and exposes a typer app
+(groups such as ``evaluate``) or a ``register(app)`` function (single commands such as ``train``,
+``sample`` and ``generate``). This module only wires them together.
 """
 
 from __future__ import annotations
+
+import importlib
 
 import typer
 
@@ -16,12 +19,33 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+# module name -> how it is attached: "group" (module.app as a sub-command group) or "commands"
+# (module.register(app) adds one or more top-level commands).
+_COMMANDS = {
+    "train": "commands",
+    "sample": "commands",
+    "generate": "commands",
+    "evaluate": "group",
+}
+_registered = False
+
 
 def _register() -> None:
-    """Attach the sub-commands that are available in this installation."""
-    from crystalflow.commands import evaluate as _evaluate
-
-    app.add_typer(_evaluate.app, name="evaluate")
+    global _registered
+    if _registered:
+        return
+    for name, kind in _COMMANDS.items():
+        try:
+            module = importlib.import_module(f"crystalflow.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"crystalflow.commands.{name}":
+                continue  # not built yet
+            raise
+        if kind == "group":
+            app.add_typer(module.app, name=name)
+        else:
+            module.register(app)
+    _registered = True
 
 
 def main() -> None:
