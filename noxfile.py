@@ -37,7 +37,10 @@ def _sync(session: nox.Session, *extra: str) -> None:
 
 def _pytest(session: nox.Session, *paths: str) -> None:
     workers = os.environ.get("PYTEST_WORKERS", "auto")
-    args = session.posargs or ["-q", "-n", workers, "--durations=15", *paths]
+    existing = [p for p in paths if os.path.isdir(p)]
+    if not existing:
+        session.error(f"no test folders among {paths}")
+    args = session.posargs or ["-q", "-n", workers, "--durations=15", *existing]
     session.run("pytest", *args, env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
 
 
