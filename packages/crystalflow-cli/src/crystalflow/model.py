@@ -1,0 +1,522 @@
+"""CrystalFlow: the composition of xtal-repr and flowcore into one model with modes.
+
+One class, :class:`CrystalFlow`, covers crystal structure prediction (``mode="csp"``: flows on the
+lattice representation k and the fractional coordinates F, atom types given) and de novo generation
+(``mode="dng"``: also a flow on the atom types A in the 28-dim 13x15 grid encoding), with any number
+of scalar conditions (Gaussian-basis encoded, z-scored with the training-set statistics) and
+condition dropout for classifier-free guidance. Everything follows the paper's Methods and the
+reference implementation (reference-facts sections 2-6):
+
+* priors ``k0 ~ N((0,0,0,0,0,1), sigma^2 I)`` (sigma = 0.1), ``F0 ~ U[0,1)^3``, ``A0 ~ N(0, I_28)``;
+* paths: linear for k and A, wrapped (minimum image) for F, not wrapped at ``F_t``;
+* one ``t ~ U[0,1)`` per crystal; the network sees ``k_t`` as its lattice feature and atom types as
+  atomic numbers (CSP) or the current 28-vector ``A_t`` (DNG);
+* loss ``lambda_k MSE(k) + lambda_F MSE(F) [+ lambda_A MSE(A)]``, each a plain mean over elements;
+* sampling: Euler with N steps, the network evaluated at ``t = i/N`` (the "end" grid), F wrapped
+  after every step, anti-annealing ``s(t) = 1 + 5 t`` on F only for CSP (none for DNG), lattice
+  ``= k_to_lattice(k)``, DNG types decoded with the grid rule.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from flowcore import (
+    AntiAnnealing,
+    ComponentSpec,
+    Euclidean,
+    FlatTorus,
+    FlowMatcher,
+    GaussianPrior,
+    LinearPath,
+    UniformTorusPrior,
+    WrappedPath,
+    integrate,
+)
+from flowcore.gnn import PeriodicGNN, build_fully_connected_graph
+from torch import Tensor, nn
+from xtal_repr import Crystal, decode_species, encode_species, k_to_lattice
+
+from crystalflow.config import ModelConfig
+from crystalflow.data import CSP_MAX_Z, CrystalBatch
+
+__all__ = ["LATTICE_PRIOR_MEAN", "CrystalFlow", "FlowNoise", "SampleBatch"]
+
+#: Mean of the lattice prior: exp(S0) = e I, a cube of volume e^3.
+LATTICE_PRIOR_MEAN = (0.0, 0.0, 0.0, 0.0, 0.0, 1.0)
+#: Anti-annealing slope used by default in CSP sampling (on F only).
+CSP_ANTI_ANNEALING = 5.0
+
+
+@dataclass
+class FlowNoise:
+    """Random draws of one training batch: times, prior samples and the condition keep-mask.
+
+    Attributes
+    ----------
+    t : (B,) times
+    x0 : dict component -> prior sample ((B, 6) for k, (N, 3) for F, (N, 28) for A)
+    keep : (B,) bool, False where the condition is dropped (None without conditions)
+    """
+
+    t: Tensor
+    x0: dict[str, Tensor]
+    keep: Tensor | None = None
+
+    def slice(self, a: int, b: int, na: int, nb: int) -> FlowNoise:
+        """Crystals ``a..b-1`` whose atoms are ``na..nb-1``."""
+        x0 = {n: (v[a:b] if n == "k" else v[na:nb]) for n, v in self.x0.items()}
+        return FlowNoise(self.t[a:b], x0, self.keep[a:b] if self.keep is not None else None)
+
+    def to(self, device: torch.device | str) -> FlowNoise:
+        return FlowNoise(
+            self.t.to(device),
+            {n: v.to(device) for n, v in self.x0.items()},
+            self.keep.to(device) if self.keep is not None else None,
+        )
+
+
+@dataclass
+class SampleBatch:
+    """Generated crystals of one :meth:`CrystalFlow.sample` call.
+
+    Attributes
+    ----------
+    k : (B, 6)
+    frac : (N, 3) in [0, 1)
+    atomic_numbers : (N,) int64
+    lattice : (B, 3, 3) float64, rows = lattice vectors, ``k_to_lattice(k)``
+    batch : (N,) int64 crystal index of every atom
+    num_atoms : (B,) int64
+    trajectory : dict component -> (T, ...) states (with ``record=True``), else None
+    times : (T,) times of the trajectory, else None
+    """
+
+    k: Tensor
+    frac: Tensor
+    atomic_numbers: Tensor
+    lattice: Tensor
+    batch: Tensor
+    num_atoms: Tensor
+    trajectory: dict[str, Tensor] | None = None
+    times: Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.num_atoms.shape[0])
+
+    def to_crystals(self) -> list[Crystal]:
+        """One :class:`xtal_repr.Crystal` per generated structure."""
+        lat = self.lattice.detach().cpu().double().numpy()
+        frac = self.frac.detach().cpu().double().numpy()
+        z = self.atomic_numbers.detach().cpu().numpy()
+        ptr = np.concatenate([[0], np.cumsum(self.num_atoms.cpu().numpy())])
+        return [
+            Crystal(frac_coords=frac[a:b], lattice=lat[i], atomic_numbers=z[a:b])
+            for i, (a, b) in enumerate(zip(ptr[:-1], ptr[1:], strict=True))
+        ]
+
+
+class CrystalFlow(nn.Module):
+    """The CrystalFlow model (CSP or DNG, optionally conditional).
+
+    Parameters
+    ----------
+    config : ModelConfig
+        Mode, network size, prior std, loss weights, conditions.
+    normalizer : dict, optional
+        Condition name -> (mean, std) fitted on the training set (required for conditions).
+    num_atoms_hist : Tensor, optional
+        (max_atoms + 1,) training counts of the number of atoms (index = N), used by
+        :meth:`sample_num_atoms` (DNG).
+    elements : list of int, optional
+        Atomic numbers present in the training set.
+
+    Attributes
+    ----------
+    net : flowcore.gnn.PeriodicGNN
+        The vector-field network.
+    flow : flowcore.FlowMatcher
+        Priors, paths and loss weights of the components ``k``, ``F`` (and ``A``).
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        normalizer: dict[str, tuple[float, float]] | None = None,
+        num_atoms_hist: Tensor | np.ndarray | list[float] | None = None,
+        elements: list[int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        normalizer = {k: (float(v[0]), float(v[1])) for k, v in (normalizer or {}).items()}
+        missing = [c for c in config.conditions if c not in normalizer]
+        if missing:
+            raise ValueError(f"normalizer lacks the condition(s) {missing}")
+        for name, (_, std) in normalizer.items():
+            if not std > 0:
+                raise ValueError(f"normalizer std of {name!r} must be > 0, got {std}")
+        self.normalizer = {c: normalizer[c] for c in config.conditions}
+        if num_atoms_hist is None:
+            hist = torch.zeros(config.max_atoms + 1, dtype=torch.float64)
+        else:
+            hist = torch.as_tensor(num_atoms_hist, dtype=torch.float64).flatten()
+            if hist.shape[0] != config.max_atoms + 1 or bool((hist < 0).any()):
+                raise ValueError(
+                    f"num_atoms_hist must have max_atoms + 1 = {config.max_atoms + 1} "
+                    f"non-negative entries, got shape {tuple(hist.shape)}"
+                )
+        self.num_atoms_hist = hist
+        self.elements = sorted(int(z) for z in (elements or []))
+        dng = config.mode == "dng"
+        self.net = PeriodicGNN(
+            hidden=config.hidden,
+            num_layers=config.num_layers,
+            time_dim=config.time_dim,
+            num_freqs=config.num_freqs,
+            num_millers=config.num_millers,
+            lattice_dim=6,
+            atom_input="vector" if dng else "embedding",
+            num_atom_types=CSP_MAX_Z,
+            type_dim=28,
+            n_cond=len(config.conditions),
+            cond_basis=config.cond_basis,
+            null_cond=config.null_cond,
+            type_out_dim=28 if dng else None,
+        )
+        comps = {
+            "k": ComponentSpec(
+                Euclidean(),
+                GaussianPrior(mean=LATTICE_PRIOR_MEAN, std=config.lattice_sigma),
+                LinearPath(Euclidean()),
+                weight=config.lambda_k,
+            ),
+            "F": ComponentSpec(
+                FlatTorus(),
+                UniformTorusPrior(3),
+                WrappedPath(),
+                weight=config.lambda_F,
+                level="node",
+            ),
+        }
+        if dng:
+            comps["A"] = ComponentSpec(
+                Euclidean(),
+                GaussianPrior(dim=28),
+                LinearPath(Euclidean()),
+                weight=config.lambda_A,
+                level="node",
+            )
+        self.flow = FlowMatcher(comps, time_sampler=config.time_sampler, validate=False)
+        table = torch.zeros(119, 28)
+        table[1:] = torch.as_tensor(encode_species(np.arange(1, 119)), dtype=torch.float32)
+        self.register_buffer("type_table", table, persistent=False)
+        self._compiled: Any = None
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def mode(self) -> str:
+        return self.config.mode
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        """Flowing components: ``("k", "F")`` or ``("k", "F", "A")``."""
+        return tuple(self.flow.components)
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return {n: float(s.weight) for n, s in self.flow.components.items()}
+
+    def enable_compile(self, **kwargs: Any) -> None:
+        """Use ``torch.compile`` for the network's forward (``dynamic=True``: atom counts vary)."""
+        self.__dict__["_compiled"] = torch.compile(self.net, dynamic=True, **kwargs)
+
+    def velocity(
+        self,
+        t: Tensor,
+        atoms: Tensor,
+        frac: Tensor,
+        k: Tensor,
+        batch: Tensor,
+        num_graphs: int,
+        cond: Tensor | None = None,
+        cond_mask: Tensor | None = None,
+        graph: Any = None,
+    ) -> dict[str, Tensor]:
+        """Network evaluation: ``{"k": (B,6), "F": (N,3)[, "A": (N,28)]}`` (see PeriodicGNN)."""
+        compiled = self.__dict__.get("_compiled")
+        net = compiled if compiled is not None else self.net
+        return net(t, atoms, frac, k, batch, num_graphs, cond, cond_mask, graph=graph)
+
+    def normalize_conditions(self, values: dict[str, Any], num_graphs: int, device=None) -> Tensor:
+        """Physical-unit condition values -> (B, C) z-scored tensor (order of config.conditions)."""
+        names = list(self.config.conditions)
+        unknown = sorted(set(values) - set(names))
+        missing = [n for n in names if n not in values]
+        if unknown or missing:
+            raise ValueError(
+                f"conditions {sorted(values)} do not match the model's {names} "
+                f"(unknown: {unknown}, missing: {missing})"
+            )
+        cols = []
+        for n in names:
+            v = torch.as_tensor(values[n], dtype=torch.float64)
+            if v.dim() == 0:
+                v = v.expand(num_graphs)
+            if v.shape != (num_graphs,):
+                raise ValueError(
+                    f"condition {n!r} must be a scalar or have shape ({num_graphs},), "
+                    f"got {tuple(v.shape)}"
+                )
+            if not bool(torch.isfinite(v).all()):
+                raise ValueError(f"condition {n!r} contains NaN or inf")
+            mean, std = self.normalizer[n]
+            cols.append((v - mean) / std)
+        return torch.stack(cols, dim=1).to(device=device or self.device, dtype=torch.float32)
+
+    # ------------------------------------------------------------------ training
+    def draw_noise(
+        self, batch: CrystalBatch, generator: torch.Generator | None = None
+    ) -> FlowNoise:
+        """Draw times, prior samples and the condition keep-mask for ``batch``.
+
+        Everything is drawn on the generator's device (CPU by default) in a fixed order and moved
+        to the batch's device, so the draws do not depend on where the model runs.
+        """
+        gdev = generator.device if generator is not None else torch.device("cpu")
+        b = batch.num_graphs
+        t = self.flow.time_sampler.sample(b, generator=generator, device=gdev, dtype=torch.float32)
+        x0 = self.flow.sample_prior(
+            b, batch.batch.to(gdev), generator=generator, device=gdev, dtype=torch.float32
+        )
+        keep = None
+        if self.config.conditions:
+            u = torch.rand(b, generator=generator, device=gdev)
+            keep = (u - self.config.cond_drop_prob) > 0  # reference: g = 1 if u - p > 0
+        noise = FlowNoise(t, x0, keep)
+        return noise.to(batch.frac.device)
+
+    def loss_sums(self, batch: CrystalBatch, noise: FlowNoise) -> dict[str, Tensor]:
+        """Sum of squared velocity errors per component (float32 scalars).
+
+        Divide by :meth:`element_counts` of the (global) batch to get the element-mean MSEs.
+        """
+        x1 = {"k": batch.k, "F": batch.frac}
+        if self.mode == "dng":
+            x1["A"] = self.type_table[batch.atomic_numbers]
+        s = self.flow.sample_path(
+            x1, batch.batch, num_graphs=batch.num_graphs, t=noise.t, x0=noise.x0
+        )
+        atoms = s.x_t["A"] if self.mode == "dng" else batch.atomic_numbers
+        cond = cond_mask = None
+        if self.config.conditions:
+            assert batch.cond is not None and noise.keep is not None
+            present = torch.isfinite(batch.cond).all(dim=1)
+            cond_mask = noise.keep & present
+            cond = torch.where(cond_mask[:, None], batch.cond, torch.zeros_like(batch.cond))
+        pred = self.velocity(
+            s.t, atoms, s.x_t["F"], s.x_t["k"], batch.batch, batch.num_graphs, cond, cond_mask
+        )
+        return {n: (pred[n].float() - s.u_t[n].float()).pow(2).sum() for n in self.components}
+
+    def element_counts(self, num_graphs: int, num_nodes: int) -> dict[str, int]:
+        """Number of elements of each component for a batch of this size."""
+        out = {"k": 6 * num_graphs, "F": 3 * num_nodes}
+        if self.mode == "dng":
+            out["A"] = 28 * num_nodes
+        return out
+
+    def combine(self, sums: dict[str, Tensor], counts: dict[str, int | float]) -> dict[str, Tensor]:
+        """``{"loss": sum_c lambda_c sums_c / counts_c, "loss_<c>": sums_c / counts_c}``."""
+        out: dict[str, Tensor] = {}
+        total = None
+        for n, w in self.weights.items():
+            mse = sums[n] / counts[n]
+            out[f"loss_{n}"] = mse
+            total = w * mse if total is None else total + w * mse
+        out["loss"] = total  # type: ignore[assignment]
+        return {"loss": out.pop("loss"), **out}
+
+    def loss(
+        self,
+        batch: CrystalBatch,
+        generator: torch.Generator | None = None,
+        *,
+        noise: FlowNoise | None = None,
+    ) -> dict[str, Tensor]:
+        """Flow-matching loss of one batch (paper Eqs. 13 and 19).
+
+        Returns
+        -------
+        dict
+            ``"loss"`` (weighted total), ``"loss_k"``, ``"loss_F"`` (and ``"loss_A"``): plain
+            element-mean MSEs between predicted and target velocities.
+        """
+        if noise is None:
+            noise = self.draw_noise(batch, generator)
+        sums = self.loss_sums(batch, noise)
+        return self.combine(sums, self.element_counts(batch.num_graphs, batch.num_nodes))
+
+    # ------------------------------------------------------------------ sampling
+    def sample_num_atoms(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Draw ``n`` atom counts from the training histogram (DNG), shape (n,) int64."""
+        if float(self.num_atoms_hist.sum()) <= 0:
+            raise ValueError("this model has no atom-count histogram (it was never trained)")
+        p = self.num_atoms_hist.float()
+        gdev = generator.device if generator is not None else torch.device("cpu")
+        return torch.multinomial(p.to(gdev), n, replacement=True, generator=generator).cpu()
+
+    @torch.inference_mode()
+    def sample(
+        self,
+        num_atoms: Tensor | list[int],
+        atomic_numbers: Tensor | list[int] | None = None,
+        conditions: dict[str, Tensor | float] | None = None,
+        steps: int = 100,
+        solver: str = "euler",
+        anti_annealing: float | None = None,
+        guidance: float = 1.0,
+        generator: torch.Generator | None = None,
+        record: bool = False,
+    ) -> SampleBatch:
+        """Generate crystals by integrating the learned flow from the priors.
+
+        Parameters
+        ----------
+        num_atoms : (B,) int
+            Atoms of each crystal.
+        atomic_numbers : (N,) int, optional
+            CSP: the atom types of all crystals concatenated (``N = sum(num_atoms)``).
+            DNG: must be None (types are generated).
+        conditions : dict, optional
+            Condition name -> value(s) in physical units (scalar or (B,)); normalised inside.
+            Required for a conditional model trained without condition dropout.
+        steps : int
+            Integration steps (reference: 100).
+        solver : str
+            ``"euler"`` (reference; network at ``t = i/N``) or another flowcore method.
+        anti_annealing : float, optional
+            Slope s' of ``s(t) = 1 + s' t`` on F; None -> 5 for CSP, 0 for DNG.
+        guidance : float
+            Classifier-free guidance weight ``w`` (``v = w v_cond + (1 - w) v_uncond``).
+        generator : torch.Generator, optional
+            Seeds the prior draw (same seed -> same output).
+        record : bool
+            Keep the whole trajectory.
+
+        Returns
+        -------
+        SampleBatch
+        """
+        device = self.device
+        na = torch.as_tensor(num_atoms, dtype=torch.long).flatten().cpu()
+        if na.numel() == 0:
+            raise ValueError("num_atoms is empty: nothing to sample")
+        if bool((na < 1).any()):
+            raise ValueError(f"num_atoms must all be >= 1, got minimum {int(na.min())}")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        b, n = int(na.shape[0]), int(na.sum())
+        if int(na.max()) > self.config.max_atoms:
+            warnings.warn(
+                f"sampling crystals of up to {int(na.max())} atoms with a model trained for at "
+                f"most {self.config.max_atoms}",
+                stacklevel=2,
+            )
+        z = None
+        if self.mode == "csp":
+            if atomic_numbers is None:
+                raise ValueError(
+                    "a CSP model needs atomic_numbers (the composition of every crystal)"
+                )
+            z = torch.as_tensor(atomic_numbers, dtype=torch.long).flatten()
+            if z.shape[0] != n:
+                raise ValueError(
+                    f"atomic_numbers has {z.shape[0]} entries but sum(num_atoms) = {n}"
+                )
+            if bool(((z < 1) | (z > CSP_MAX_Z)).any()):
+                bad = int(z[(z < 1) | (z > CSP_MAX_Z)][0])
+                raise ValueError(
+                    f"atomic number {bad} is outside the model's element table (Z 1-{CSP_MAX_Z})"
+                )
+            z = z.to(device)
+        elif atomic_numbers is not None:
+            raise ValueError("a DNG model generates the atom types; do not pass atomic_numbers")
+        cond = None
+        if conditions:
+            cond = self.normalize_conditions(conditions, b, device)
+        elif self.config.conditions and self.config.cond_drop_prob == 0:
+            raise ValueError(
+                f"this model is conditioned on {self.config.conditions} and was trained without "
+                "condition dropout, so it cannot sample unconditionally: pass conditions"
+            )
+        if abs(guidance - 1.0) >= 1e-4:
+            if cond is None:
+                raise ValueError("guidance != 1 needs conditions")
+            if self.config.cond_drop_prob == 0:
+                raise ValueError(
+                    "guidance != 1 needs a model trained with condition dropout "
+                    "(model.cond_drop_prob > 0); this one never saw the unconditional case"
+                )
+        if anti_annealing is None:
+            anti_annealing = CSP_ANTI_ANNEALING if self.mode == "csp" else 0.0
+        gdev = generator.device if generator is not None else torch.device("cpu")
+        batch_g = torch.repeat_interleave(torch.arange(b, device=gdev), na.to(gdev))
+        x0 = self.flow.sample_prior(
+            b, batch_g, generator=generator, device=gdev, dtype=torch.float32
+        )
+        x0 = {k: v.to(device) for k, v in x0.items()}
+        batch = batch_g.to(device)
+        graph = build_fully_connected_graph(batch, b)
+        mask_off = torch.zeros(b, dtype=torch.bool, device=device)
+
+        def field(
+            t: Tensor, state: dict[str, Tensor], cond_mask: Tensor | None
+        ) -> dict[str, Tensor]:
+            atoms = state["A"] if z is None else z
+            out = self.velocity(
+                t.expand(b), atoms, state["F"], state["k"], batch, b, cond, cond_mask, graph=graph
+            )
+            return {c: out[c].float() for c in state}
+
+        uncond = (lambda t, s: field(t, s, mask_off)) if cond is not None else None
+        sol = integrate(
+            lambda t, s: field(t, s, None),
+            x0,
+            spaces=self.flow.spaces,
+            method=solver,
+            steps=steps,
+            time_grid="end" if solver == "euler" else "start",
+            velocity_scale={"F": AntiAnnealing(anti_annealing)} if anti_annealing else None,
+            guidance_weight=guidance,
+            uncond_velocity_fn=uncond,
+            record=record,
+        )
+        k = sol.state["k"]
+        if z is None:
+            z = torch.as_tensor(
+                decode_species(sol.state["A"].double().cpu().numpy()), dtype=torch.long
+            )
+        lattice = torch.as_tensor(k_to_lattice(k.double().cpu().numpy()), dtype=torch.float64)
+        return SampleBatch(
+            k=k,
+            frac=sol.state["F"],
+            atomic_numbers=z.to(device),
+            lattice=lattice.to(device),
+            batch=batch,
+            num_atoms=na.to(device),
+            trajectory=sol.trajectory,
+            times=sol.times if record else None,
+        )
+
+    def extra_repr(self) -> str:
+        c = self.config
+        n = sum(p.numel() for p in self.net.parameters())
+        return f"mode={c.mode}, conditions={c.conditions}, params={n}"

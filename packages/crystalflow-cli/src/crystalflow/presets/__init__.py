@@ -1,0 +1,1 @@
+"""Named run presets (TOML files read by :func:`crystalflow.config.load_config`)."""

@@ -1,0 +1,775 @@
+"""The training loop: plain PyTorch, exact resume, DDP, EMA, bf16, checkpoints and metrics.
+
+:func:`train` starts a run in a new folder, :func:`resume` continues one (after a crash, a kill or
+to train further). A run folder holds
+
+* ``config.json`` / ``config.yaml``: the resolved :class:`~crystalflow.config.RunConfig`;
+* ``metrics.jsonl``: one JSON line per epoch (train/val losses per component, lr, throughput);
+* ``model_last.safetensors`` / ``model_best.safetensors``: sampling models (EMA weights), the best
+  by validation loss;
+* ``state_last.safetensors``: everything needed to continue exactly (weights, EMA, optimiser,
+  scheduler, step, epoch and position inside the epoch, RNG state, running metrics);
+* ``tb/`` with ``train.tensorboard=true``.
+
+Determinism: the batches of an epoch are a function of (seed, epoch), and the random draws of step
+``s`` (times, priors, condition dropout) come from a generator seeded with (seed, s), drawn for the
+whole global batch before it is shared among DDP processes. So a resumed run repeats exactly what
+the uninterrupted run would have done, and 1 or W processes follow the same trajectory (up to the
+floating-point order of the gradient all-reduce). Each process's loss is its share of the global
+element sums divided by the global element counts (times W, undoing DDP's gradient averaging), so
+the gradient is exactly that of the reference's element-mean loss over the global batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from crystalflow.checkpoint import (
+    CheckpointError,
+    json_float,
+    load_train_state,
+    optimizer_from_tensors,
+    optimizer_to_tensors,
+    save_model,
+    save_train_state,
+)
+from crystalflow.config import ConfigError, RunConfig, validate_config
+from crystalflow.data import (
+    CrystalData,
+    epoch_batches,
+    fit_normalizer,
+    load_splits,
+    num_atoms_histogram,
+)
+from crystalflow.distributed import DistInfo, all_reduce_, barrier, cleanup, setup
+from crystalflow.model import CrystalFlow
+
+__all__ = ["TrainResult", "resume", "step_seed", "train"]
+
+STATE_FILE = "state_last.safetensors"
+METRICS_FILE = "metrics.jsonl"
+STEPS_FILE = "steps.jsonl"
+
+
+@dataclass
+class TrainResult:
+    """Where a run ended."""
+
+    run_dir: Path
+    step: int
+    epoch: int
+    best_val_loss: float | None
+    last_val_loss: float | None
+    stopped: str  # "max_steps" | "epochs"
+
+
+def step_seed(seed: int, step: int) -> int:
+    """Seed of the random draws of training step ``step`` (independent of processes/resume)."""
+    return int(np.random.SeedSequence([seed & 0xFFFFFFFF, step, 0x5EED]).generate_state(1)[0])
+
+
+class _LossModule(nn.Module):
+    """What DDP wraps: forward = per-component squared-error sums of a (local) batch."""
+
+    def __init__(self, model: CrystalFlow) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Any, noise: Any) -> dict[str, Tensor]:
+        return self.model.loss_sums(batch, noise)
+
+
+class _EMA:
+    """Exponential moving average of the network parameters, kept in a model copy.
+
+    ``decay_t = min(decay, (1 + t) / (10 + t))`` (the usual warm-up, so early averages are not
+    dominated by the random initialisation).
+    """
+
+    def __init__(self, model: CrystalFlow, decay: float) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self._dst = list(self.model.net.parameters())
+        self._src = list(model.net.parameters())
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        d = min(self.decay, (1.0 + step) / (10.0 + step))
+        torch._foreach_lerp_(self._dst, [p.detach() for p in self._src], 1.0 - d)
+
+
+class _Log:
+    """Rank-0 console output: a rich progress bar and one summary line per epoch."""
+
+    def __init__(self, enabled: bool, progress: bool) -> None:
+        from rich.console import Console
+
+        self.enabled = enabled
+        self.console = Console(stderr=True, highlight=False)
+        self.progress_enabled = enabled and progress and self.console.is_terminal
+        self._progress: Any = None
+        self._task: Any = None
+
+    def line(self, text: str) -> None:
+        if self.enabled:
+            self.console.print(text)
+
+    def start_epoch(self, epoch: int, total: int, done: int) -> None:
+        if not self.progress_enabled:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("epoch {task.fields[epoch]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=self.console,
+            transient=True,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task(
+            "train", total=total, completed=done, epoch=epoch, info=""
+        )
+
+    def advance(self, info: str) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, advance=1, info=info)
+
+    def end_epoch(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+class _Trainer:
+    """One run (fresh or resumed); see :func:`train`."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        run_dir: Path,
+        state: tuple[dict, dict] | None,
+        progress: bool,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.cfg = config
+        self.run_dir = run_dir
+        tc = config.train
+        self.dist: DistInfo = setup(tc.device)
+        if tc.precision == "bf16" and self.dist.device.type != "cuda":
+            raise ConfigError(
+                f"train.precision=bf16 needs a CUDA device (this run uses {self.dist.device}); "
+                "use precision=fp32 or auto on CPU"
+            )
+        self.log = _Log(self.dist.is_main, progress)
+        self._threads = torch.get_num_threads()
+        torch.manual_seed(tc.seed)
+
+        # ---- data (rank 0 first so that the parse cache is written once)
+        if not self.dist.is_main:
+            barrier(self.dist)
+        train_ds, val_ds = load_splits(config.data, config.model, tc.seed)
+        if self.dist.is_main:
+            barrier(self.dist)
+        self.num_train, self.num_val = len(train_ds), len(val_ds)
+        if state is None:
+            normalizer = fit_normalizer(train_ds, config.model.conditions)
+            hist = num_atoms_histogram(train_ds, config.model.max_atoms)
+            elements = sorted(int(z) for z in np.unique(train_ds.atomic_numbers))
+        else:
+            meta = state[1]
+            if (meta["num_train"], meta["num_val"]) != (self.num_train, self.num_val):
+                raise CheckpointError(
+                    f"{run_dir}: the data changed since the run started ({meta['num_train']} train / "
+                    f"{meta['num_val']} val crystals then, {self.num_train} / {self.num_val} now)"
+                )
+            normalizer = {k: tuple(v) for k, v in meta["normalizer"].items()}
+            hist = torch.tensor(meta["num_atoms_hist"], dtype=torch.float64)
+            elements = meta["elements"]
+        self.train_data = CrystalData(train_ds, config.model.conditions, normalizer)
+        self.val_data = CrystalData(val_ds, config.model.conditions, normalizer)
+        self.data_info = {
+            "train_source": train_ds.source,
+            "val_source": val_ds.source,
+            "num_train": self.num_train,
+            "num_val": self.num_val,
+        }
+
+        # ---- model, EMA, optimiser, schedule
+        dev = self.dist.device
+        self.model = CrystalFlow(config.model, normalizer, hist, elements).to(dev)
+        self.ema = _EMA(self.model, tc.ema_decay) if tc.ema_decay > 0 else None
+        opt_cls = torch.optim.AdamW if tc.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = opt_cls(
+            self.model.net.parameters(),
+            lr=tc.lr,
+            betas=tuple(tc.betas),
+            eps=tc.eps,
+            weight_decay=tc.weight_decay,
+        )
+        self.plateau = (
+            torch.optim.lr_scheduler.ReduceLROnPlateau(
+                self.optimizer,
+                mode="min",
+                factor=tc.plateau_factor,
+                patience=tc.plateau_patience,
+                min_lr=tc.min_lr,
+            )
+            if tc.scheduler == "plateau"
+            else None
+        )
+        self.bf16 = tc.precision == "bf16" or (
+            tc.precision == "auto" and dev.type == "cuda" and torch.cuda.is_bf16_supported()
+        )
+        if dev.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = (
+                True  # reference: float32_matmul_precision=medium
+            )
+            torch.backends.cudnn.allow_tf32 = True
+        if tc.compile:
+            self.model.enable_compile()
+        self.loss_module: nn.Module = _LossModule(self.model)
+        if self.dist.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.loss_module = DistributedDataParallel(
+                self.loss_module,
+                device_ids=[dev.index] if dev.type == "cuda" else None,
+                broadcast_buffers=False,
+            )
+
+        # ---- counters
+        self.step = 0
+        self.epoch = 0
+        self.pos = 0
+        self.best_val: float | None = None
+        self.last_val: float | None = None
+        self.acc = self._new_acc()
+        self.total_steps = self._horizon()
+        self.val_batches = epoch_batches(
+            self.val_data.num_atoms_np,
+            batch_size=tc.batch_size,
+            batch_atoms=tc.batch_atoms,
+            batch_edges=tc.batch_edges,
+            shuffle=False,
+        )
+        if state is not None:
+            self._load_state(*state)
+        self.tb = None
+        if tc.tensorboard and self.dist.is_main:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ConfigError(
+                    "train.tensorboard=true needs the tensorboard package "
+                    "(pip install 'crystalflow-cli[tensorboard]')"
+                ) from None
+            self.tb = SummaryWriter(str(run_dir / "tb"))
+
+    # ------------------------------------------------------------------ helpers
+    def _batches(self, epoch: int) -> list[np.ndarray]:
+        tc = self.cfg.train
+        return epoch_batches(
+            self.train_data.num_atoms_np,
+            batch_size=tc.batch_size,
+            batch_atoms=tc.batch_atoms,
+            batch_edges=tc.batch_edges,
+            shuffle=True,
+            seed=tc.seed,
+            epoch=epoch,
+            min_size=self.dist.world,
+        )
+
+    def _horizon(self) -> int:
+        tc = self.cfg.train
+        per_epoch = len(self._batches(0))
+        total = tc.epochs * per_epoch
+        return min(total, tc.max_steps) if tc.max_steps is not None else total
+
+    def _new_acc(self) -> dict[str, Any]:
+        return {
+            "sums": {c: 0.0 for c in self.model.components},
+            "counts": {c: 0.0 for c in self.model.components},
+            "crystals": 0,
+            "atoms": 0,
+            "steps": 0,
+            "skipped": 0,
+            "time": 0.0,
+        }
+
+    def _lr_at(self, step: int) -> float:
+        tc = self.cfg.train
+        if tc.warmup_steps and step < tc.warmup_steps:
+            return tc.lr * (step + 1) / tc.warmup_steps
+        if tc.scheduler == "cosine":
+            span = max(1, self.total_steps - tc.warmup_steps)
+            frac = min(1.0, max(0.0, (step - tc.warmup_steps) / span))
+            return tc.min_lr + 0.5 * (tc.lr - tc.min_lr) * (1.0 + math.cos(math.pi * frac))
+        return tc.lr
+
+    def _autocast(self) -> Any:
+        if not self.bf16:
+            return nullcontext()
+        return torch.autocast(self.dist.device.type, dtype=torch.bfloat16)
+
+    # ------------------------------------------------------------------ one step
+    def _train_step(self, idx: np.ndarray) -> dict[str, float] | None:
+        tc = self.cfg.train
+        model, dev, world = self.model, self.dist.device, self.dist.world
+        batch = self.train_data.collate(idx)
+        gen = torch.Generator().manual_seed(step_seed(tc.seed, self.step))
+        noise = model.draw_noise(batch, gen)
+        counts = model.element_counts(batch.num_graphs, batch.num_nodes)
+        if world > 1:
+            a, b = batch.shard_bounds(world)[self.dist.rank]
+            ptr = np.concatenate([[0], np.cumsum(batch.num_atoms.numpy())])
+            noise = noise.slice(a, b, int(ptr[a]), int(ptr[b]))
+            batch = batch.slice(a, b)
+        batch, noise = batch.to(dev), noise.to(dev)
+        if tc.scheduler != "plateau":
+            for g in self.optimizer.param_groups:
+                g["lr"] = self._lr_at(self.step)
+        self.model.train()
+        with self._autocast():
+            sums = self.loss_module(batch, noise)
+        out = model.combine(sums, counts)
+        loss = out["loss"] * world
+        comps = model.components
+        flag = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
+        all_reduce_(flag, self.dist, "min")
+        # one host sync per step: the finite flag and the local component sums together
+        host = torch.cat([flag, torch.stack([sums[c].detach().float() for c in comps])]).cpu()
+        self.step += 1
+        if host[0].item() < 1:
+            if self.dist.distributed:  # keep DDP's gradient reduction in step on every process
+                (loss * 0).backward()
+            self.optimizer.zero_grad(set_to_none=True)
+            if not tc.skip_nonfinite:
+                raise FloatingPointError(f"non-finite loss at step {self.step}")
+            self.acc["skipped"] += 1
+            return None
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        params = list(model.net.parameters())
+        if tc.clip_value is not None:
+            torch.nn.utils.clip_grad_value_(params, tc.clip_value)
+        if tc.clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, tc.clip_norm)
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.step - 1)
+        local = {c: float(host[1 + j]) for j, c in enumerate(comps)}
+        if tc.log_every and self.step % tc.log_every == 0:
+            self._log_step(local, counts)
+        lc = model.element_counts(batch.num_graphs, batch.num_nodes)
+        for c in comps:
+            self.acc["sums"][c] += local[c]
+            self.acc["counts"][c] += lc[c]
+        self.acc["crystals"] += batch.num_graphs
+        self.acc["atoms"] += batch.num_nodes
+        self.acc["steps"] += 1
+        return {"loss": sum(model.weights[c] * local[c] / lc[c] for c in comps)}
+
+    # ------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Element-mean losses over the whole validation set, EMA weights, fixed draws."""
+        model = self.ema.model if self.ema is not None else self.model
+        model.eval()
+        comps = model.components
+        tot = torch.zeros(2 * len(comps), dtype=torch.float64)
+        for i, idx in enumerate(self.val_batches):
+            if i % self.dist.world != self.dist.rank:
+                continue
+            batch = self.val_data.collate(idx)
+            gen = torch.Generator().manual_seed(step_seed(self.cfg.train.val_seed, i))
+            noise = model.draw_noise(batch, gen)
+            with self._autocast():
+                sums = model.loss_sums(batch.to(self.dist.device), noise.to(self.dist.device))
+            counts = model.element_counts(batch.num_graphs, batch.num_nodes)
+            for j, c in enumerate(comps):
+                tot[j] += float(sums[c])
+                tot[len(comps) + j] += counts[c]
+        all_reduce_(tot, self.dist)
+        out = model.combine(
+            {c: tot[j] for j, c in enumerate(comps)},
+            {c: tot[len(comps) + j] for j, c in enumerate(comps)},
+        )
+        return {k: float(v) for k, v in out.items()}
+
+    # ------------------------------------------------------------------ state
+    def _state_tensors(self) -> dict[str, Tensor]:
+        t = {f"net/{k}": v for k, v in self.model.net.state_dict().items()}
+        if self.ema is not None:
+            t.update({f"ema/{k}": v for k, v in self.ema.model.net.state_dict().items()})
+        opt_t, _ = optimizer_to_tensors(self.optimizer.state_dict())
+        t.update(opt_t)
+        t["rng/torch"] = torch.get_rng_state()
+        if torch.cuda.is_available() and self.dist.device.type == "cuda":
+            t["rng/cuda"] = torch.cuda.get_rng_state(self.dist.device)
+        return t
+
+    def _state_meta(self) -> dict[str, Any]:
+        _, opt_struct = optimizer_to_tensors(self.optimizer.state_dict())
+        m = self.model
+        return {
+            "run_config": self.cfg.to_dict(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "pos": self.pos,
+            "best_val": self.best_val,
+            "last_val": self.last_val,
+            "total_steps": self.total_steps,
+            "optimizer": opt_struct,
+            "plateau": self.plateau.state_dict() if self.plateau is not None else None,
+            "acc": self.acc,
+            "normalizer": {k: list(v) for k, v in m.normalizer.items()},
+            "num_atoms_hist": m.num_atoms_hist.tolist(),
+            "elements": m.elements,
+            "num_train": self.num_train,
+            "num_val": self.num_val,
+            "world": self.dist.world,
+        }
+
+    def _load_state(self, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
+        net_sd = {k[4:]: v for k, v in tensors.items() if k.startswith("net/")}
+        try:
+            self.model.net.load_state_dict(net_sd, strict=True)
+            if self.ema is not None:
+                ema_sd = {k[4:]: v for k, v in tensors.items() if k.startswith("ema/")}
+                self.ema.model.net.load_state_dict(ema_sd or net_sd, strict=True)
+            self.optimizer.load_state_dict(optimizer_from_tensors(tensors, meta["optimizer"]))
+        except (RuntimeError, KeyError, ValueError) as exc:
+            first = " ".join(str(exc).split())[:200]
+            raise CheckpointError(
+                f"{self.run_dir}: training state does not fit the model ({first})"
+            ) from None
+        if self.plateau is not None and meta.get("plateau"):
+            self.plateau.load_state_dict({k: json_float(v) for k, v in meta["plateau"].items()})
+        self.step, self.epoch, self.pos = int(meta["step"]), int(meta["epoch"]), int(meta["pos"])
+        self.best_val = json_float(meta["best_val"])
+        self.last_val = json_float(meta["last_val"])
+        self.total_steps = int(meta["total_steps"])
+        self.acc = meta["acc"]
+        if "rng/torch" in tensors:
+            torch.set_rng_state(tensors["rng/torch"])
+        if "rng/cuda" in tensors and self.dist.device.type == "cuda":
+            torch.cuda.set_rng_state(tensors["rng/cuda"], self.dist.device)
+
+    def _model_info(self, val: float | None) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "val_loss": val,
+            "weights": "ema" if self.ema is not None else "raw",
+            "ema_decay": self.cfg.train.ema_decay,
+            "preset": self.cfg.preset,
+            **self.data_info,
+        }
+
+    def _sampling_state(self) -> dict[str, Tensor]:
+        net = self.ema.model.net if self.ema is not None else self.model.net
+        return net.state_dict()
+
+    def save(self, new_best: bool) -> None:
+        """Write state_last, model_last (and model_best); rank 0 only."""
+        if self.dist.is_main:
+            save_train_state(self.run_dir / STATE_FILE, self._state_tensors(), self._state_meta())
+            sd = self._sampling_state()
+            save_model(
+                self.run_dir / "model_last.safetensors",
+                self.model,
+                sd,
+                self._model_info(self.last_val),
+            )
+            if new_best:
+                save_model(
+                    self.run_dir / "model_best.safetensors",
+                    self.model,
+                    sd,
+                    self._model_info(self.best_val),
+                )
+        barrier(self.dist)
+
+    def _log_step(self, sums: dict[str, float], counts: dict[str, int]) -> None:
+        comps = self.model.components
+        g = torch.tensor([sums[c] for c in comps], dtype=torch.float64)
+        all_reduce_(g, self.dist)
+        out = self.model.combine({c: g[j] for j, c in enumerate(comps)}, counts)
+        if self.dist.is_main:
+            rec = {
+                "step": self.step,
+                "epoch": self.epoch,
+                **{k: float(v) for k, v in out.items()},
+                "lr": self.optimizer.param_groups[0]["lr"],
+            }
+            with open(self.run_dir / STEPS_FILE, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(rec) + "\n")
+            if self.tb is not None:
+                self.tb.add_scalar("step_loss", rec["loss"], self.step)
+
+    def _write_metrics(self, rec: dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
+        with open(self.run_dir / METRICS_FILE, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(rec) + "\n")
+            fh.flush()
+        if self.tb is not None:
+            for k, v in rec.items():
+                if isinstance(v, (int, float)) and k not in ("epoch", "step", "time"):
+                    self.tb.add_scalar(k, v, self.step)
+            self.tb.flush()
+
+    # ------------------------------------------------------------------ loop
+    def _end_of_epoch(self, complete: bool) -> None:
+        t0 = time.perf_counter()
+        val = self.validate()
+        val_time = time.perf_counter() - t0
+        self.last_val = val["loss"]
+        new_best = math.isfinite(val["loss"]) and (
+            self.best_val is None or val["loss"] < self.best_val
+        )
+        if new_best:
+            self.best_val = val["loss"]
+        tc = self.cfg.train
+        if complete and self.plateau is not None and (self.epoch + 1) % tc.plateau_every == 0:
+            self.plateau.step(val["loss"])
+        # global training metrics of the epoch
+        comps = self.model.components
+        acc = torch.tensor(
+            [self.acc["sums"][c] for c in comps]
+            + [self.acc["counts"][c] for c in comps]
+            + [self.acc["crystals"], self.acc["atoms"]],
+            dtype=torch.float64,
+        )
+        all_reduce_(acc, self.dist)
+        k = len(comps)
+        train = (
+            self.model.combine(
+                {c: acc[j] for j, c in enumerate(comps)},
+                {c: acc[k + j] for j, c in enumerate(comps)},
+            )
+            if self.acc["steps"]
+            else {}
+        )
+        elapsed = max(self.acc["time"], 1e-9)
+        rec: dict[str, Any] = {"epoch": self.epoch, "step": self.step, "partial": not complete}
+        rec.update({f"train_{n}": float(v) for n, v in train.items()})
+        rec.update({f"val_{n}": v for n, v in val.items()})
+        rec.update(
+            {
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "crystals_per_s": float(acc[2 * k]) / elapsed,
+                "atoms_per_s": float(acc[2 * k + 1]) / elapsed,
+                "steps_per_s": self.acc["steps"] / elapsed,
+                "train_time_s": self.acc["time"],
+                "val_time_s": val_time,
+                "skipped_batches": self.acc["skipped"],
+                "time": time.time(),
+            }
+        )
+        self.log.line(
+            f"epoch {self.epoch}{' (partial)' if not complete else ''} step {self.step}: "
+            f"train {rec.get('train_loss', float('nan')):.4f} val {val['loss']:.4f} "
+            f"lr {rec['lr']:.2e} {rec['crystals_per_s']:.1f} crystals/s"
+        )
+        if complete:
+            self.epoch += 1
+            self.pos = 0
+            self.acc = self._new_acc()
+        self._write_metrics(rec)
+        self.save(new_best)
+
+    def run(self) -> TrainResult:
+        tc = self.cfg.train
+        if tc.num_threads is not None and self.dist.device.type == "cpu":
+            torch.set_num_threads(tc.num_threads)
+        max_steps = tc.max_steps if tc.max_steps is not None else math.inf
+        stopped = "epochs"
+        if self.step >= max_steps or self.epoch >= tc.epochs:
+            self.log.line(
+                f"already at step {self.step} / epoch {self.epoch} (train.max_steps={tc.max_steps}, "
+                f"train.epochs={tc.epochs}): nothing to do; raise --max-steps or --epochs"
+            )
+        try:
+            while self.epoch < tc.epochs:
+                if self.step >= max_steps:
+                    stopped = "max_steps"
+                    break
+                batches = self._batches(self.epoch)
+                self.log.start_epoch(self.epoch, len(batches), self.pos)
+                ckpt_every = tc.checkpoint_every
+                try:
+                    while self.pos < len(batches) and self.step < max_steps:
+                        t0 = time.perf_counter()
+                        info = self._train_step(batches[self.pos])
+                        if self.dist.device.type == "cuda":
+                            torch.cuda.synchronize(self.dist.device)
+                        self.acc["time"] += time.perf_counter() - t0
+                        self.pos += 1
+                        if info is not None:
+                            rate = (
+                                self.acc["crystals"] * self.dist.world / max(self.acc["time"], 1e-9)
+                            )
+                            self.log.advance(f"loss {info['loss']:.4f}  {rate:.1f} crystals/s")
+                        if ckpt_every and self.step % ckpt_every == 0 and self.pos < len(batches):
+                            self.save(new_best=False)
+                finally:
+                    self.log.end_epoch()
+                complete = self.pos >= len(batches)
+                self._end_of_epoch(complete)
+                if not complete:
+                    break
+            if self.step >= max_steps:
+                stopped = "max_steps"
+        finally:
+            if self.tb is not None:
+                self.tb.close()
+        return TrainResult(
+            self.run_dir, self.step, self.epoch, self.best_val, self.last_val, stopped
+        )
+
+    def close(self) -> None:
+        torch.set_num_threads(self._threads)
+        cleanup(self.dist)
+
+
+def _truncate_metrics(run_dir: Path, step: int, name: str = METRICS_FILE) -> None:
+    path = run_dir / name
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by the kill
+    from crystalflow.checkpoint import atomic_write_text
+
+    atomic_write_text(path, "".join(s + "\n" for s in keep))
+
+
+def train(config: RunConfig, out: str | Path, *, progress: bool = True) -> TrainResult:
+    """Train a model from scratch into the new run folder ``out``.
+
+    Parameters
+    ----------
+    config : RunConfig
+        Resolved configuration (see :func:`crystalflow.config.load_config`).
+    out : path
+        Run folder; must not already hold a run (use :func:`resume` for that).
+    progress : bool
+        Show a progress bar when stderr is a terminal (rank 0 only).
+
+    Returns
+    -------
+    TrainResult
+    """
+    run_dir = Path(out)
+    if (run_dir / "config.json").exists() or (run_dir / STATE_FILE).exists():
+        raise CheckpointError(
+            f"--out {run_dir} already holds a run; continue it with --resume {run_dir} or choose "
+            "another --out"
+        )
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CheckpointError(f"--out {run_dir} exists and is not a folder")
+    trainer = _Trainer(config, run_dir, None, progress)
+    try:
+        if trainer.dist.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            config.save(run_dir)
+            (run_dir / METRICS_FILE).touch()
+            n = sum(p.numel() for p in trainer.model.net.parameters())
+            trainer.log.line(
+                f"crystalflow train: {config.model.mode} model, {n / 1e6:.2f} M parameters, "
+                f"{trainer.num_train} train / {trainer.num_val} val crystals, "
+                f"device {trainer.dist.device}{' x' + str(trainer.dist.world) if trainer.dist.world > 1 else ''}"
+                f", run folder {run_dir}"
+            )
+        barrier(trainer.dist)
+        return trainer.run()
+    finally:
+        trainer.close()
+
+
+def resume(
+    run_dir: str | Path,
+    *,
+    max_steps: int | None = None,
+    epochs: int | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Continue the run in ``run_dir`` from its last checkpoint (exactly where it stopped).
+
+    Parameters
+    ----------
+    run_dir : path
+        A run folder written by :func:`train`.
+    max_steps, epochs : int, optional
+        New limits (default: those of the run).
+    progress : bool
+        Progress bar (rank 0, terminals only).
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"--resume {run_dir}: no such run folder")
+    state_path = run_dir / STATE_FILE
+    if state_path.is_file():
+        tensors, meta = load_train_state(state_path)
+        base = meta["run_config"]
+        state: tuple[dict, dict] | None = (tensors, meta)
+    elif (run_dir / "config.json").is_file():
+        try:
+            base = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"--resume {run_dir}: unreadable config.json ({exc})") from None
+        state = None  # killed before the first checkpoint: start again from step 0
+    else:
+        raise CheckpointError(f"--resume {run_dir}: not a crystalflow run folder (no {STATE_FILE})")
+    if max_steps is not None:
+        base["train"]["max_steps"] = max_steps
+    if epochs is not None:
+        base["train"]["epochs"] = epochs
+    config = validate_config(base, f"{run_dir}/config")
+    trainer = _Trainer(config, run_dir, state, progress)
+    try:
+        step = trainer.step
+        if trainer.dist.is_main:
+            _truncate_metrics(run_dir, step)
+            _truncate_metrics(run_dir, step, STEPS_FILE)
+            for p in run_dir.glob(".*.tmp-*"):
+                p.unlink(missing_ok=True)  # left by a killed write
+            config.save(run_dir)
+            trainer.log.line(
+                f"crystalflow train: resuming {run_dir} at step {step} (epoch {trainer.epoch}, "
+                f"batch {trainer.pos})"
+                if state is not None
+                else f"crystalflow train: no checkpoint in {run_dir} yet; starting it again"
+            )
+        barrier(trainer.dist)
+        return trainer.run()
+    finally:
+        trainer.close()

@@ -1,0 +1,292 @@
+"""Training loop: end to end on real data, exact resume, run-folder contents, command line."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from crystalflow.checkpoint import CheckpointError, load_model, load_train_state
+from crystalflow.cli import _register, app
+from crystalflow.config import ConfigError, load_config
+from crystalflow.train import resume, train
+from typer.testing import CliRunner
+
+FIX = Path(__file__).parent / "fixtures" / "train"
+PEROV = FIX / "perov_mini"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is much faster than two on a busy 2-core machine."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def tiny(*overrides, data=PEROV):
+    return load_config("tiny", overrides=[f"data.root={data}", "train.batch_size=8", *overrides])
+
+
+def read_jsonl(path):
+    return [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
+
+
+def assert_same_state(dir_a, dir_b, atol=0.0):
+    ta, ma = load_train_state(Path(dir_a) / "state_last.safetensors")
+    tb, mb = load_train_state(Path(dir_b) / "state_last.safetensors")
+    assert (ma["step"], ma["epoch"], ma["pos"]) == (mb["step"], mb["epoch"], mb["pos"])
+    assert set(ta) == set(tb)
+    for k in ta:
+        if k.startswith("rng/"):
+            continue
+        torch.testing.assert_close(ta[k], tb[k], atol=atol, rtol=0, msg=k)
+    return ma
+
+
+def test_train_end_to_end_writes_a_complete_run(tmp_path):
+    out = tmp_path / "run"
+    res = train(tiny("train.epochs=4", "train.log_every=1"), out, progress=False)
+    assert (res.step, res.epoch, res.stopped) == (24, 4, "epochs")  # 48 crystals / 8 = 6 per epoch
+    for name in (
+        "config.json",
+        "config.yaml",
+        "metrics.jsonl",
+        "steps.jsonl",
+        "model_best.safetensors",
+        "model_last.safetensors",
+        "state_last.safetensors",
+    ):
+        assert (out / name).is_file(), name
+    metrics = read_jsonl(out / "metrics.jsonl")
+    assert [m["epoch"] for m in metrics] == [0, 1, 2, 3]
+    for key in (
+        "train_loss",
+        "train_loss_k",
+        "train_loss_F",
+        "val_loss",
+        "val_loss_k",
+        "val_loss_F",
+        "lr",
+        "crystals_per_s",
+    ):
+        assert all(isinstance(m[key], float) for m in metrics), key
+    assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]  # it learns
+    steps = read_jsonl(out / "steps.jsonl")
+    assert [s["step"] for s in steps] == list(range(1, 25))
+    m = metrics[1]  # the epoch metric is the element-weighted mean of its steps (equal sizes)
+    assert m["train_loss_k"] == pytest.approx(sum(s["loss_k"] for s in steps[6:12]) / 6, rel=1e-6)
+    best = min(x["val_loss"] for x in metrics)
+    model = load_model(out)
+    assert model.info["val_loss"] == pytest.approx(best) and model.info["weights"] == "ema"
+    assert model.num_atoms_hist[5] == 48 and model.num_atoms_hist.sum() == 48
+    assert json.loads((out / "config.json").read_text())["train"]["batch_size"] == 8
+    s = model.sample([5], [56, 22, 8, 8, 8], steps=3)
+    assert s.frac.shape == (5, 3)
+
+
+def test_dng_and_conditional_training_run(tmp_path):
+    res = train(
+        tiny(
+            "model.mode=dng",
+            "model.conditions=[heat_ref]",
+            "model.cond_drop_prob=0.2",
+            "train.max_steps=3",
+        ),
+        tmp_path / "r",
+        progress=False,
+    )
+    assert res.step == 3
+    model = load_model(tmp_path / "r", which="last")
+    assert model.mode == "dng" and list(model.normalizer) == ["heat_ref"]
+    out = model.sample(
+        model.sample_num_atoms(2), conditions={"heat_ref": 0.5}, guidance=1.5, steps=2
+    )
+    assert len(out.to_crystals()) == 2
+
+
+def test_optional_tensorboard_logs(tmp_path):
+    pytest.importorskip("tensorboard")
+    train(
+        tiny("train.max_steps=2", "train.tensorboard=true", "train.log_every=1"),
+        tmp_path / "r",
+        progress=False,
+    )
+    assert list((tmp_path / "r" / "tb").glob("events.out.tfevents.*"))
+
+
+def test_bf16_is_refused_on_cpu(tmp_path):
+    with pytest.raises(ConfigError, match="train.precision=bf16 needs a CUDA device"):
+        train(tiny("train.max_steps=2", "train.precision=bf16"), tmp_path / "r", progress=False)
+
+
+def test_resume_reaches_the_same_state_as_an_uninterrupted_run(tmp_path):
+    cfg = tiny(
+        "train.max_steps=10",
+        "train.scheduler=plateau",
+        "train.plateau_every=1",
+        "train.plateau_patience=0",
+        "train.plateau_factor=0.5",
+    )
+    train(cfg, tmp_path / "a", progress=False)
+    short = cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_steps": 4})})
+    r = train(short, tmp_path / "b", progress=False)
+    assert (r.step, r.epoch) == (4, 0)  # stopped inside the first epoch (6 batches)
+    r = resume(tmp_path / "b", max_steps=10, progress=False)
+    assert r.step == 10
+    meta = assert_same_state(tmp_path / "a", tmp_path / "b")
+    assert meta["pos"] == 4 and meta["epoch"] == 1
+    ma, mb = (
+        read_jsonl(tmp_path / "a" / "metrics.jsonl"),
+        read_jsonl(tmp_path / "b" / "metrics.jsonl"),
+    )
+    full_a = [m for m in ma if not m["partial"]]
+    full_b = [m for m in mb if not m["partial"]]
+    assert [(m["train_loss"], m["val_loss"], m["lr"]) for m in full_a] == [
+        (m["train_loss"], m["val_loss"], m["lr"]) for m in full_b
+    ]
+
+
+def test_train_refuses_an_existing_run_and_resume_needs_one(tmp_path):
+    train(tiny("train.max_steps=1"), tmp_path / "r", progress=False)
+    with pytest.raises(CheckpointError, match="already holds a run; continue it with --resume"):
+        train(tiny("train.max_steps=1"), tmp_path / "r", progress=False)
+    with pytest.raises(CheckpointError, match="no such run folder"):
+        resume(tmp_path / "nothing", progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="not a crystalflow run folder"):
+        resume(tmp_path / "empty", progress=False)
+
+
+def test_resume_detects_changed_data(tmp_path):
+    train(tiny("train.max_steps=1", "data.limit_train=20"), tmp_path / "r", progress=False)
+    cfg = json.loads((tmp_path / "r" / "config.json").read_text())
+    tensors, meta = load_train_state(tmp_path / "r" / "state_last.safetensors")
+    from crystalflow.checkpoint import save_train_state
+
+    meta["num_train"] = 21
+    meta.pop("format")
+    save_train_state(tmp_path / "r" / "state_last.safetensors", tensors, meta)
+    assert cfg["data"]["limit_train"] == 20
+    with pytest.raises(CheckpointError, match="the data changed since the run started"):
+        resume(tmp_path / "r", max_steps=2, progress=False)
+
+
+# ---------------------------------------------------------------------- command line
+@pytest.fixture(scope="module")
+def cli():
+    _register()
+    return CliRunner()
+
+
+def _run(cli, *args):
+    res = cli.invoke(app, ["train", *map(str, args)])
+    return res, res.output
+
+
+def test_cli_trains_and_resumes(cli, tmp_path):
+    out = tmp_path / "run"
+    res, text = _run(
+        cli,
+        "--preset",
+        "tiny",
+        "--data",
+        PEROV,
+        "--out",
+        out,
+        "--max-steps",
+        2,
+        "--seed",
+        5,
+        "--set",
+        "train.batch_size=8",
+        "--no-progress",
+    )
+    assert res.exit_code == 0, text
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["train"]["seed"] == 5 and cfg["train"]["max_steps"] == 2
+    assert cfg["data"]["root"] == str(PEROV) and cfg["preset"] == "tiny"
+    res, text = _run(cli, "--resume", out, "--max-steps", 3, "--no-progress")
+    assert res.exit_code == 0, text
+    assert load_train_state(out / "state_last.safetensors")[1]["step"] == 3
+
+
+def test_cli_explicit_train_val_and_config_file(cli, tmp_path):
+    conf = tmp_path / "c.yaml"
+    conf.write_text("train:\n  batch_size: 8\n  max_steps: 1\nmodel:\n  hidden: 16\n")
+    res, text = _run(
+        cli,
+        "--preset",
+        "tiny",
+        "--train",
+        PEROV / "train.csv.gz",
+        "--val",
+        PEROV / "val.csv.gz",
+        "--config",
+        conf,
+        "--out",
+        tmp_path / "r",
+        "--no-progress",
+    )
+    assert res.exit_code == 0, text
+    assert load_model(tmp_path / "r").config.hidden == 16
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (
+            ["--preset", "tiny", "--data", "/nonexistent", "--out", "{tmp}/r"],
+            "--data /nonexistent: no such",
+        ),
+        (["--preset", "nope", "--data", "x", "--out", "{tmp}/r"], "unknown preset 'nope'"),
+        (
+            [
+                "--preset",
+                "tiny",
+                "--data",
+                str(PEROV),
+                "--out",
+                "{tmp}/r",
+                "--set",
+                "model.conditions=[p]",
+            ],
+            "label column 'p' not found",
+        ),
+        (
+            [
+                "--preset",
+                "tiny",
+                "--data",
+                str(PEROV),
+                "--out",
+                "{tmp}/r",
+                "--set",
+                "model.max_atoms=3",
+            ],
+            "5 atoms exceed the limit of 3",
+        ),
+        (
+            ["--preset", "tiny", "--data", str(PEROV), "--out", "{tmp}/r", "--set", "train.lr=x"],
+            "train.lr",
+        ),
+        (["--preset", "tiny", "--data", str(PEROV)], "--out RUN_DIR is required"),
+        (["--resume", "{tmp}/r", "--preset", "tiny"], "cannot be combined"),
+        (["--resume", "{tmp}/none"], "no such run folder"),
+        (
+            ["--preset", "tiny", "--data", str(PEROV), "--train", "x", "--out", "{tmp}/r"],
+            "either --data",
+        ),
+    ],
+)
+def test_cli_errors_are_one_line_without_traceback(cli, tmp_path, args, match):
+    res, text = _run(cli, *[a.replace("{tmp}", str(tmp_path)) for a in args])
+    assert res.exit_code == 2, text
+    assert "Traceback" not in text
+    lines = [x for x in text.splitlines() if x.startswith("error:")]
+    assert len(lines) == 1 and match in lines[0], text
+
+
+def test_cli_lists_presets(cli):
+    res, text = _run(cli, "--list-presets")
+    assert res.exit_code == 0 and "perov5-csp" in text and "tiny" in text
