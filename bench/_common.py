@@ -1,0 +1,69 @@
+"""Shared helpers of the bench/ scripts: machine description, subprocess runner, result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+
+
+def machine() -> str:
+    """CPU model and core count, plus the GPU when torch sees one."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    desc = f"{cpu}, {os.cpu_count()} cores"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            desc += f", GPU {torch.cuda.get_device_name(0)}"
+    except ImportError:
+        pass
+    return desc
+
+
+def today() -> str:
+    return date.today().isoformat()
+
+
+def run(cmd: list[str], log: Path | None = None) -> float:
+    """Run a command (echoed), stream its output (and tee it to ``log``); return wall seconds."""
+    print("$", " ".join(shlex.quote(c) for c in cmd), flush=True)
+    t0 = time.perf_counter()
+    with open(log, "a") if log else open(os.devnull, "w") as fh:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            fh.write(line)
+        rc = proc.wait()
+    if rc != 0:
+        raise SystemExit(f"command failed with exit code {rc}: {' '.join(cmd)}")
+    return time.perf_counter() - t0
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def crystalflow() -> list[str]:
+    """How to call the crystalflow command from this interpreter."""
+    return [sys.executable, "-m", "crystalflow.cli"]

@@ -1,0 +1,396 @@
+"""Exact, faster pymatgen structure matching.
+
+:class:`FastMatcher` gives the same answers as ``pymatgen.analysis.structure_matcher.StructureMatcher``
+(``get_rms_dist`` and ``fit``) for the settings used by the CSP/DNG benchmarks
+(``primitive_cell`` on or off, ``scale`` on or off, no supercells, no subsets, species compared
+exactly), but splits the work so that it can be reused:
+
+* :meth:`FastMatcher.prepare` does the per-structure part once (species processing, Niggli
+  reduction, primitive cell), which pymatgen repeats for every pair (it keeps an LRU cache of 300
+  reduced structures keyed by an equality test that compares all sites); the primitive-cell search
+  is skipped when the per-species site counts have gcd 1 (pymatgen's search then provably returns
+  its input unchanged);
+* :meth:`FastMatcher.can_match` is an exact, cheap rejection: the fractional compositions differ or
+  the reduced cells have different numbers of sites. pymatgen's own search returns "no match" in
+  both cases (different site counts give a non-square assignment mask, different compositions give
+  an assignment cost > 0), so skipping them changes no result. The test is on the *reduced*
+  composition, so a 4-atom and an 8-atom cell of the same compound are still compared;
+* :meth:`FastMatcher.has_match` stops at the first lattice/translation whose RMS is below
+  ``stol``; "some RMS below stol" is exactly "``get_rms_dist`` is not None".
+
+The pair computation itself calls pymatgen's private ``_match`` with exactly the arguments
+``get_rms_dist``/``fit`` use, so the numbers are pymatgen's. ``tests/test_matching.py`` checks
+every pair of a fixture of real structures against direct ``StructureMatcher`` calls.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from pymatgen.analysis.structure_matcher import StructureMatcher
+from pymatgen.core import Composition, Lattice, Structure
+from pymatgen.util.coord_cython import is_coord_subset_pbc, pbc_shortest_vectors
+from scipy.optimize import linear_sum_assignment
+
+try:  # pymatgen >= 2025 keeps the matcher in core
+    from pymatgen.core.structure_matcher import SiteOrderedIStructure as _SiteOrdered
+except ImportError:  # pragma: no cover - older pymatgen
+    from pymatgen.analysis.structure_matcher import SiteOrderedIStructure as _SiteOrdered
+
+__all__ = [
+    "BENCHMARK_TOLERANCES",
+    "PYMATGEN_TOLERANCES",
+    "STRICT_TOLERANCES",
+    "TOLERANCE_PRESETS",
+    "FastMatcher",
+    "MatchTolerances",
+    "Prepared",
+    "structure_key",
+]
+
+
+@dataclass(frozen=True)
+class MatchTolerances:
+    """StructureMatcher tolerances.
+
+    Attributes
+    ----------
+    stol : float
+        Site tolerance, as a fraction of the average free length per atom (V/N)^(1/3).
+    ltol : float
+        Fractional lattice-length tolerance.
+    angle_tol : float
+        Lattice angle tolerance in degrees.
+    """
+
+    stol: float = 0.5
+    ltol: float = 0.3
+    angle_tol: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name in ("stol", "ltol", "angle_tol"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and np.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be a positive number, got {v!r}")
+
+    @classmethod
+    def preset(cls, name: str) -> MatchTolerances:
+        """Named tolerance set: ``benchmark`` (0.5/0.3/10), ``strict`` (0.3/0.2/5), ``pymatgen``.
+
+        Raises
+        ------
+        ValueError
+            For an unknown name (the message lists the valid ones).
+        """
+        try:
+            return TOLERANCE_PRESETS[name]
+        except KeyError:
+            raise ValueError(
+                f"unknown tolerance preset {name!r}; expected one of {sorted(TOLERANCE_PRESETS)}"
+            ) from None
+
+    def as_dict(self) -> dict[str, float]:
+        """``{"stol": ..., "ltol": ..., "angle_tol": ...}``."""
+        return {
+            "stol": float(self.stol),
+            "ltol": float(self.ltol),
+            "angle_tol": float(self.angle_tol),
+        }
+
+
+#: the CSP benchmark tolerances (CDVAE, DiffCSP, FlowMM, CrystalFlow Table 1)
+BENCHMARK_TOLERANCES = MatchTolerances(0.5, 0.3, 10.0)
+#: the stricter set reported in CrystalFlow's supplementary information (= pymatgen's defaults)
+STRICT_TOLERANCES = MatchTolerances(0.3, 0.2, 5.0)
+#: pymatgen's defaults, used for uniqueness and novelty
+PYMATGEN_TOLERANCES = MatchTolerances(0.3, 0.2, 5.0)
+TOLERANCE_PRESETS = {
+    "benchmark": BENCHMARK_TOLERANCES,
+    "strict": STRICT_TOLERANCES,
+    "pymatgen": PYMATGEN_TOLERANCES,
+}
+
+
+@dataclass
+class Prepared:
+    """Per-structure part of a match, computed once.
+
+    Attributes
+    ----------
+    reduced : Structure
+        The Niggli-reduced (and, if enabled, primitive) structure pymatgen would match.
+    comp_hash : Composition
+        The comparator hash of the input composition (its fractional composition).
+    formula : str
+        Reduced formula (a hashable stand-in for ``comp_hash`` when grouping).
+    """
+
+    reduced: Structure
+    comp_hash: Composition
+    formula: str = ""
+
+    @property
+    def n_sites(self) -> int:
+        """Number of sites of the reduced structure."""
+        return len(self.reduced)
+
+
+def structure_key(structure: Structure) -> str:
+    """A hash that identifies a structure exactly (lattice, species order, coordinates).
+
+    Parameters
+    ----------
+    structure : Structure
+
+    Returns
+    -------
+    str
+        Hex sha1 digest.
+    """
+    h = hashlib.sha1()
+    h.update(np.ascontiguousarray(structure.lattice.matrix, dtype=np.float64).tobytes())
+    h.update(np.ascontiguousarray(structure.frac_coords, dtype=np.float64).tobytes())
+    h.update(",".join(str(sp) for sp in structure.species_and_occu).encode())
+    return h.hexdigest()
+
+
+class FastMatcher:
+    """pymatgen ``StructureMatcher`` with per-structure preprocessing done once.
+
+    Parameters
+    ----------
+    tolerances : MatchTolerances
+        Defaults to the CSP benchmark set (stol 0.5, ltol 0.3, angle_tol 10).
+    primitive_cell : bool
+        Reduce to the primitive cell before matching (pymatgen's default, used by the benchmarks).
+    scale : bool
+        Scale both structures to the same volume (pymatgen's default).
+    lean : bool
+        Use the lean re-implementation of pymatgen's search loop (same operations, same results,
+        less overhead); False calls pymatgen's private ``_match``.
+
+    Notes
+    -----
+    ``matcher.rms(matcher.prepare(a), matcher.prepare(b))`` equals
+    ``StructureMatcher(...).get_rms_dist(a, b)[0]`` (None when that is None), and
+    ``matcher.fit(pa, pb)`` equals ``StructureMatcher(...).fit(a, b)``.
+    """
+
+    def __init__(
+        self,
+        tolerances: MatchTolerances = BENCHMARK_TOLERANCES,
+        *,
+        primitive_cell: bool = True,
+        scale: bool = True,
+        lean: bool = True,
+    ) -> None:
+        self.tolerances = tolerances
+        self.primitive_cell = primitive_cell
+        self.scale = scale
+        self.lean = lean
+        self.matcher = StructureMatcher(
+            ltol=tolerances.ltol,
+            stol=tolerances.stol,
+            angle_tol=tolerances.angle_tol,
+            primitive_cell=primitive_cell,
+            scale=scale,
+            attempt_supercell=False,
+            allow_subset=False,
+        )
+        raw = StructureMatcher._get_reduced_istructure
+        self._reduce = getattr(raw, "__wrapped__", raw)  # bypass pymatgen's LRU cache
+
+    def prepare(self, structure: Structure) -> Prepared:
+        """Species processing, Niggli reduction and primitive cell of one structure.
+
+        Parameters
+        ----------
+        structure : Structure
+
+        Returns
+        -------
+        Prepared
+        """
+        (processed,) = self.matcher._process_species([structure])
+        comp_hash = self.matcher._comparator.get_hash(processed.composition)
+        site_ordered = _SiteOrdered.from_sites(processed)
+        primitive = self.primitive_cell
+        if primitive and _species_gcd(processed) == 1:
+            # pymatgen's get_primitive_structure only tries supercell matrices whose determinant
+            # divides the gcd of the per-species site counts; with gcd 1 there are none and it
+            # returns a copy of its input, so the (expensive) search can be skipped
+            primitive = False
+        reduced = Structure.from_sites(self._reduce(site_ordered, primitive, True))
+        return Prepared(
+            reduced=reduced, comp_hash=comp_hash, formula=processed.composition.reduced_formula
+        )
+
+    def composition_hash(self, structure: Structure) -> Composition:
+        """The comparator hash (fractional composition) :meth:`prepare` stores, without reducing."""
+        (processed,) = self.matcher._process_species([structure])
+        return self.matcher._comparator.get_hash(processed.composition)
+
+    @staticmethod
+    def can_match(a: Prepared, b: Prepared) -> bool:
+        """Exact cheap test: False means pymatgen would certainly report no match."""
+        return a.n_sites == b.n_sites and a.comp_hash == b.comp_hash
+
+    def _scaled_pair(self, a: Prepared, b: Prepared) -> tuple[Structure, Structure]:
+        # the pair-dependent tail of StructureMatcher._preprocess (no supercell: fu = 1)
+        s1 = a.reduced.copy()
+        s2 = b.reduced.copy()
+        if self.scale:
+            ratio = (s2.volume / (s1.volume * 1)) ** (1 / 6)
+            s1.lattice = Lattice(s1.lattice.matrix * ratio)
+            s2.lattice = Lattice(s2.lattice.matrix / ratio)
+        return s1, s2
+
+    def rms(self, a: Prepared, b: Prepared) -> float | None:
+        """Normalised RMS displacement of the best match (``get_rms_dist(a, b)[0]``) or None.
+
+        Parameters
+        ----------
+        a, b : Prepared
+            Order matters exactly as in pymatgen (the CSP benchmarks pass prediction, target).
+
+        Returns
+        -------
+        float or None
+            RMS distance normalised by (V/N)^(1/3), or None if the structures do not match.
+        """
+        if not self.can_match(a, b):
+            return None
+        s1, s2 = self._scaled_pair(a, b)
+        match = self._search(s1, s2, use_rms=True, break_on_match=False)
+        return None if match is None else float(match)
+
+    def has_match(self, a: Prepared, b: Prepared) -> bool:
+        """``get_rms_dist(a, b) is not None``, stopping at the first acceptable alignment."""
+        if not self.can_match(a, b):
+            return False
+        s1, s2 = self._scaled_pair(a, b)
+        return self._search(s1, s2, use_rms=True, break_on_match=True) is not None
+
+    def fit(self, a: Prepared, b: Prepared) -> bool:
+        """``StructureMatcher.fit(a, b)`` (maximum site distance <= stol, first match wins)."""
+        if not self.can_match(a, b):
+            return False
+        s1, s2 = self._scaled_pair(a, b)
+        match = self._search(s1, s2, use_rms=False, break_on_match=True)
+        return match is not None and bool(match <= self.tolerances.stol)
+
+    def _search(
+        self, s1: Structure, s2: Structure, *, use_rms: bool, break_on_match: bool
+    ) -> float | None:
+        """The best match value of ``StructureMatcher._strict_match(s1, s2, fu=1)`` or None.
+
+        With ``lean=False`` this calls pymatgen's ``_match`` directly. The lean path runs the same
+        search with the same floating-point operations in the same order (so the same result bit
+        for bit), but computes the per-lattice quantities (reciprocal lengths, the LLL-reduced
+        reciprocal lengths of the averaged lattice) once per lattice instead of once per
+        translation, and without building intermediate ``Lattice`` objects.
+        """
+        if not self.lean:
+            m = self.matcher._match(s1, s2, 1, True, use_rms=use_rms, break_on_match=break_on_match)
+            return None if m is None else m[0]
+        sm = self.matcher
+        stol = sm.stol
+        mask, s1_t_inds, s2_t_ind = sm._get_mask(s1, s2, 1, True)
+        if mask.shape[0] != mask.shape[1]:
+            return None
+        rows, cols = linear_sum_assignment(mask)
+        if mask[rows, cols].sum() > 0:
+            return None
+        s2_lat = s2.lattice
+        p2 = np.array(s2_lat.parameters)
+        s2fc = np.array(s2.frac_coords)
+        cc = np.array(s1.cart_coords)
+        n1 = len(cc)
+        best: float | None = None
+        for latt, _, scale_m in s1.lattice.find_all_mappings(
+            s2_lat, ltol=sm.ltol, atol=sm.angle_tol, skip_rotation_matrix=True
+        ):
+            if not math.isclose(abs(np.linalg.det(scale_m)), 1, abs_tol=0.5, rel_tol=0):
+                continue
+            fc = np.dot(cc, np.linalg.inv(latt._matrix))
+            fc -= np.floor(fc)
+            params = (np.array(_parameters(latt._matrix)) + p2) / 2
+            avg_l = _CachedLattice.from_parameters(*params)
+            normalization = (n1 / _volume(avg_l._matrix)) ** (1 / 3)
+            frac_tol = _reciprocal_abc(avg_l._matrix) * stol / (np.pi * normalization)
+            lll_frac_tol = None
+            for s1i in s1_t_inds:
+                t = fc[s1i] - s2fc[s2_t_ind]
+                t_s2fc = s2fc + t
+                if not is_coord_subset_pbc(t_s2fc, fc, frac_tol, mask):
+                    continue
+                if lll_frac_tol is None:
+                    lll = avg_l.get_lll_reduced_lattice()._matrix
+                    lll_frac_tol = _reciprocal_abc(lll) * stol / (np.pi * normalization)
+                # StructureMatcher._cart_dists, without the parts whose results are not used
+                vecs, d_2 = pbc_shortest_vectors(
+                    avg_l, t_s2fc, fc, mask, return_d2=True, lll_frac_tol=lll_frac_tol
+                )
+                _, sol = linear_sum_assignment(np.asarray(d_2, dtype=float))
+                short_vecs = vecs[np.arange(len(sol)), sol]
+                translation = np.mean(short_vecs, axis=0)
+                new_d2 = np.sum((short_vecs - translation) ** 2, axis=-1)
+                dist = new_d2**0.5 * normalization
+                val = np.linalg.norm(dist) / len(dist) ** 0.5 if use_rms else max(dist)
+                if best is None or val < best:
+                    best = val
+                    if (break_on_match or val < 1e-5) and val < stol:
+                        return best
+        if best is not None and best < stol:
+            return best
+        return None
+
+
+def _species_gcd(structure: Structure) -> int:
+    """gcd of the numbers of sites per species string (``get_primitive_structure``'s ``num_fu``)."""
+    counts: dict[str, int] = {}
+    for site in structure:
+        counts[site.species_string] = counts.get(site.species_string, 0) + 1
+    return math.gcd(*counts.values())
+
+
+def _reciprocal_abc(matrix: np.ndarray) -> np.ndarray:
+    """``np.array(Lattice(matrix).reciprocal_lattice.abc)`` with pymatgen's exact operations."""
+    rec = np.array(np.linalg.inv(matrix).T * 2 * np.pi, dtype=np.float64).reshape((3, 3))
+    return np.array(np.sqrt(np.sum(rec**2, axis=1)).tolist())
+
+
+class _CachedLattice(Lattice):
+    """A Lattice whose ``lll_inverse`` is computed once (pymatgen recomputes it on every access;
+    ``pbc_shortest_vectors`` reads it for every candidate translation)."""
+
+    @property
+    def lll_inverse(self) -> np.ndarray:
+        cached = self.__dict__.get("_xe_lll_inverse")
+        if cached is None:
+            cached = np.linalg.inv(self.lll_mapping)
+            self.__dict__["_xe_lll_inverse"] = cached
+        return cached
+
+
+def _volume(m: np.ndarray) -> float:
+    """``Lattice(m).volume`` with the same operations (``np.cross`` is a - b products, then dot)."""
+    a0, a1, a2 = m[0]
+    b0, b1, b2 = m[1]
+    cross = np.array([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0])
+    return float(abs(np.dot(cross, m[2])))
+
+
+def _parameters(m: np.ndarray) -> tuple[float, ...]:
+    """``Lattice(m).parameters`` with the same operations (lengths, then angles via arccos)."""
+    lengths = tuple(np.sqrt(np.sum(m**2, axis=1)).tolist())
+    angles = np.zeros(3)
+    for dim in range(3):
+        jj = (dim + 1) % 3
+        kk = (dim + 2) % 3
+        x = np.dot(m[jj], m[kk]) / (lengths[jj] * lengths[kk])
+        angles[dim] = -1.0 if x < -1 else (1.0 if x > 1 else x)
+    return (*lengths, *np.rad2deg(np.arccos(angles)).tolist())

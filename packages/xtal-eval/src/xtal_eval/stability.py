@@ -1,0 +1,409 @@
+"""Energy above a convex hull, MLIP relaxation, and the S.U.N.-family metrics.
+
+Hull reference format
+---------------------
+A set of (composition, total energy) entries, all computed with *the same* energy model as the
+generated structures (an MLIP hull for MLIP energies). Accepted files (several may be combined):
+
+* a table (``.parquet``, ``.csv``, ``.csv.gz``) with one row per reference crystal, an energy
+  column (default ``energy``: total energy of the cell in eV; or ``energy_per_atom``) and the cell
+  composition as either ``species_at_sites`` (list of element symbols, one per site, as in the
+  LeMat-GenBench MP-20 hull tables) or ``composition`` / ``formula`` (cell formula, e.g. ``Li4O2``);
+* a JSON file (optionally ``.gz``) holding pymatgen ``ComputedEntry``/``PDEntry`` dicts, as a list or
+  as a dict of entries (e.g. Matbench Discovery's elemental reference entries).
+
+Every element of an evaluated composition needs an elemental entry in the reference, otherwise its
+energy above hull is undefined (NaN, counted as not stable).
+
+Caveat
+------
+The CrystalFlow paper relaxed with CHGNet and then DFT, and measured stability against the
+Matbench Discovery DFT hull. Figures from an MLIP relaxation against an MLIP hull are *not*
+directly comparable with the paper's Table 3.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import gzip
+import itertools
+import json
+import math
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
+from pymatgen.core import Composition, Element, Structure
+
+from xtal_eval._errors import XtalEvalError, require
+from xtal_eval.distributions import CRYSTAL_SYSTEMS, crystal_system
+
+__all__ = [
+    "HullReference",
+    "RelaxResult",
+    "RelaxSettings",
+    "balanced_sun_rate",
+    "cost_per_structure",
+    "relax_structures",
+]
+
+
+class HullReference:
+    """Convex-hull reference built from (composition, total energy) entries.
+
+    Parameters
+    ----------
+    entries : iterable of PDEntry (or pymatgen entries with ``composition`` and ``energy``)
+    name : str
+        Description used in reports.
+    """
+
+    def __init__(self, entries: Iterable[Any], name: str = "") -> None:
+        self.entries: list[PDEntry] = [
+            e if isinstance(e, PDEntry) else PDEntry(e.composition, float(e.energy))
+            for e in entries
+        ]
+        if not self.entries:
+            raise XtalEvalError(f"hull reference {name or ''} has no entries".strip())
+        self.name = name
+        self._by_elements: dict[frozenset[str], list[PDEntry]] = defaultdict(list)
+        for e in self.entries:
+            self._by_elements[frozenset(el.symbol for el in e.composition.elements)].append(e)
+        self._diagrams: dict[frozenset[str], PhaseDiagram | None] = {}
+        self._mu: dict[str, float] = {}
+        for key, ents in self._by_elements.items():
+            if len(key) == 1:
+                (el,) = key
+                self._mu[el] = min(e.energy_per_atom for e in ents)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @classmethod
+    def from_files(
+        cls, paths: Sequence[str | Path], energy_column: str = "energy"
+    ) -> HullReference:
+        """Read and combine reference files (see the module docstring for the formats).
+
+        Parameters
+        ----------
+        paths : sequence of str or Path
+        energy_column : str
+            Column holding the total cell energy in eV (tables only); ``energy_per_atom`` columns
+            are recognised by name.
+
+        Raises
+        ------
+        XtalEvalError
+            Missing file, unknown format, missing columns, unparsable rows.
+        """
+        entries: list[PDEntry] = []
+        for p in paths:
+            entries.extend(_read_entries(Path(p), energy_column))
+        return cls(entries, name=", ".join(str(p) for p in paths))
+
+    def _diagram(self, elements: frozenset[str]) -> PhaseDiagram | None:
+        if elements not in self._diagrams:
+            ents: list[PDEntry] = []
+            for r in range(1, len(elements) + 1):
+                for sub in itertools.combinations(sorted(elements), r):
+                    ents.extend(self._by_elements.get(frozenset(sub), ()))
+            try:
+                self._diagrams[elements] = PhaseDiagram(ents) if ents else None
+            except ValueError:  # missing terminal (elemental) entries
+                self._diagrams[elements] = None
+        return self._diagrams[elements]
+
+    def e_above_hull(self, composition: Composition, energy: float) -> float:
+        """Energy above the hull in eV/atom (negative below it), NaN if not computable.
+
+        Parameters
+        ----------
+        composition : Composition
+            Composition of the cell whose total energy is ``energy``.
+        energy : float
+            Total energy in eV.
+        """
+        if not math.isfinite(energy):
+            return float("nan")
+        elements = frozenset(el.symbol for el in composition.elements)
+        if any(el not in self._mu for el in elements):
+            return float("nan")
+        pd = self._diagram(elements)
+        if pd is None:
+            return float("nan")
+        _, e_hull = pd.get_decomp_and_e_above_hull(
+            PDEntry(composition, energy), allow_negative=True, check_stable=False
+        )
+        return float(e_hull)
+
+    def formation_energy_per_atom(self, composition: Composition, energy: float) -> float:
+        """(E - sum_i n_i mu_i) / N with mu_i the lowest elemental energy per atom; NaN if unknown."""
+        total = 0.0
+        for el, amt in composition.items():
+            mu = self._mu.get(Element(str(el)).symbol)
+            if mu is None:
+                return float("nan")
+            total += amt * mu
+        return float((energy - total) / composition.num_atoms)
+
+
+def _open(path: Path) -> Any:
+    return (
+        gzip.open(path, "rt", encoding="utf-8")
+        if path.suffix == ".gz"
+        else open(path, encoding="utf-8")
+    )  # noqa: SIM115
+
+
+def _composition_of(row: dict[str, Any], where: str) -> Composition:
+    if row.get("species_at_sites") not in (None, ""):
+        sites = row["species_at_sites"]
+        if isinstance(sites, str):
+            try:
+                sites = ast.literal_eval(sites)
+            except (ValueError, SyntaxError) as exc:
+                raise XtalEvalError(
+                    f"{where}: cannot read species_at_sites {sites[:40]!r}"
+                ) from exc
+        counts: dict[str, float] = defaultdict(float)
+        for sp in sites:
+            counts[str(sp)] += 1
+        return Composition(counts)
+    for col in ("composition", "formula"):
+        if row.get(col) not in (None, ""):
+            try:
+                return Composition(str(row[col]))
+            except ValueError as exc:
+                raise XtalEvalError(f"{where}: cannot parse {col} {row[col]!r}") from exc
+    raise XtalEvalError(f"{where}: no species_at_sites, composition or formula value")
+
+
+def _rows_to_entries(rows: list[dict[str, Any]], path: Path, energy_column: str) -> list[PDEntry]:
+    if not rows:
+        raise XtalEvalError(f"{path}: the hull reference table has no rows")
+    header = set(rows[0])
+    if not header & {"species_at_sites", "composition", "formula"}:
+        raise XtalEvalError(
+            f"{path}: hull reference needs a species_at_sites, composition or formula column"
+        )
+    per_atom = energy_column not in header and "energy_per_atom" in header
+    if energy_column not in header and not per_atom:
+        raise XtalEvalError(
+            f"{path}: no energy column {energy_column!r} (or energy_per_atom); "
+            f"columns: {', '.join(sorted(header))}"
+        )
+    out = []
+    for i, row in enumerate(rows):
+        where = f"{path} row {i + 1}"
+        comp = _composition_of(row, where)
+        try:
+            value = float(row["energy_per_atom" if per_atom else energy_column])
+        except (TypeError, ValueError) as exc:
+            raise XtalEvalError(f"{where}: energy is not a number") from exc
+        energy = value * comp.num_atoms if per_atom else value
+        if math.isfinite(energy):
+            out.append(PDEntry(comp, energy))
+    return out
+
+
+def _read_entries(path: Path, energy_column: str) -> list[PDEntry]:
+    if not path.is_file():
+        raise XtalEvalError(f"{path}: no such hull reference file")
+    name = path.name.lower()
+    if name.endswith(".parquet"):
+        require("pyarrow", "reading a .parquet hull reference")
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as exc:
+            raise XtalEvalError(f"{path}: cannot read parquet ({exc})") from exc
+        return _rows_to_entries(table.to_pylist(), path, energy_column)
+    if name.endswith((".csv", ".csv.gz")):
+        with _open(path) as fh:
+            rows = list(csv.DictReader(fh))
+        return _rows_to_entries(rows, path, energy_column)
+    if name.endswith((".json", ".json.gz")):
+        from monty.json import MontyDecoder
+
+        with _open(path) as fh:
+            try:
+                data = json.load(fh, cls=MontyDecoder)
+            except (json.JSONDecodeError, ValueError) as exc:
+                raise XtalEvalError(f"{path}: cannot read JSON entries ({exc})") from exc
+        items = data.values() if isinstance(data, dict) else data
+        entries = []
+        for i, e in enumerate(items):
+            if not hasattr(e, "composition") or not hasattr(e, "energy"):
+                raise XtalEvalError(f"{path}: item {i} is not a pymatgen entry")
+            entries.append(PDEntry(e.composition, float(e.energy)))
+        return entries
+    raise XtalEvalError(
+        f"{path}: unknown hull reference format (use .parquet, .csv, .csv.gz, .json or .json.gz)"
+    )
+
+
+@dataclass(frozen=True)
+class RelaxSettings:
+    """MLIP relaxation settings.
+
+    Attributes
+    ----------
+    optimizer : {"FIRE", "BFGS"}
+        ASE optimizer (ASE defaults otherwise: FIRE maxstep 0.2 A; BFGS maxstep 0.2 A).
+    fmax : float
+        Force convergence threshold in eV/A (0.1).
+    steps : int
+        Step cap (500).
+    relax_cell : bool
+        Relax the cell too (FrechetCellFilter).
+    threads : int
+        torch threads during the relaxation (restored afterwards); 1 is fastest for the small
+        cells of MP-20 on a CPU.
+    """
+
+    optimizer: str = "FIRE"
+    fmax: float = 0.1
+    steps: int = 500
+    relax_cell: bool = True
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("FIRE", "BFGS"):
+            raise XtalEvalError(f"optimizer must be FIRE or BFGS, got {self.optimizer!r}")
+        if not self.fmax > 0 or self.steps < 1:
+            raise XtalEvalError("fmax must be > 0 and steps >= 1")
+
+
+@dataclass(frozen=True)
+class RelaxResult:
+    """Relaxed structure, its total energy (eV), steps taken and whether fmax was reached."""
+
+    structure: Structure | None
+    energy: float
+    steps: int
+    converged: bool
+
+
+@lru_cache(maxsize=1)
+def _chgnet_optimizer(optimizer: str) -> Any:
+    require("chgnet", "stability (MLIP relaxation with CHGNet)")
+    from chgnet.model import CHGNet, StructOptimizer
+
+    return StructOptimizer(model=CHGNet.load(verbose=False), optimizer_class=optimizer)
+
+
+def relax_structures(
+    structures: Sequence[Structure | None],
+    settings: RelaxSettings = RelaxSettings(),
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[RelaxResult]:
+    """Relax structures with CHGNet (ASE optimizer) and return final total energies.
+
+    Parameters
+    ----------
+    structures : sequence of Structure or None
+        None entries (not relaxed) give ``RelaxResult(None, nan, 0, False)``.
+    settings : RelaxSettings
+    progress : callable, optional
+        ``progress(done, total)``.
+
+    Returns
+    -------
+    list of RelaxResult
+    """
+    import torch
+
+    opt = _chgnet_optimizer(settings.optimizer)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(settings.threads)
+    try:
+        return _relax_all(opt, structures, settings, progress)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _relax_all(
+    opt: Any,
+    structures: Sequence[Structure | None],
+    settings: RelaxSettings,
+    progress: Callable[[int, int], None] | None,
+) -> list[RelaxResult]:
+    import warnings
+
+    out: list[RelaxResult] = []
+    for i, s in enumerate(structures):
+        if s is None:
+            out.append(RelaxResult(None, float("nan"), 0, False))
+        else:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    r = opt.relax(
+                        s,
+                        fmax=settings.fmax,
+                        steps=settings.steps,
+                        relax_cell=settings.relax_cell,
+                        verbose=False,
+                    )
+                traj = r["trajectory"]
+                forces = np.asarray(traj.forces[-1])
+                fmax = float(np.sqrt((forces**2).sum(axis=1)).max()) if forces.size else 0.0
+                out.append(
+                    RelaxResult(
+                        r["final_structure"],
+                        float(traj.energies[-1]),
+                        len(traj.energies) - 1,
+                        fmax <= settings.fmax,
+                    )
+                )
+            except Exception:  # a structure CHGNet cannot handle (e.g. isolated atoms)
+                out.append(RelaxResult(None, float("nan"), 0, False))
+        if progress is not None:
+            progress(i + 1, len(structures))
+    return out
+
+
+def cost_per_structure(sampling_seconds: float | None, count: int) -> float | None:
+    """SymmBFN's cost metric: sampling seconds per structure of a kind (None if undefined)."""
+    if sampling_seconds is None or count == 0:
+        return None
+    return float(sampling_seconds) / count
+
+
+def balanced_sun_rate(
+    is_sun: Sequence[bool], space_groups: Sequence[int | None]
+) -> tuple[float | None, dict[str, float]]:
+    """CrystalGF's balanced S.U.N.: the mean over crystal systems of the per-system S.U.N. rate.
+
+    Parameters
+    ----------
+    is_sun : sequence of bool
+        Per generated structure.
+    space_groups : sequence of int or None
+        Space-group number of each structure (None: unknown, left out).
+
+    Returns
+    -------
+    balanced : float or None
+        Mean of S.U.N._c over the crystal systems that have at least one structure.
+    per_system : dict of str to float
+        S.U.N._c = S.U.N. structures of system c / structures of system c.
+    """
+    counts: dict[str, list[int]] = {}
+    for sun, sg in zip(is_sun, space_groups, strict=True):
+        if sg is None:
+            continue
+        c = counts.setdefault(crystal_system(int(sg)), [0, 0])
+        c[0] += int(bool(sun))
+        c[1] += 1
+    per = {k: counts[k][0] / counts[k][1] for k in CRYSTAL_SYSTEMS if k in counts}
+    return (float(np.mean(list(per.values()))) if per else None), per

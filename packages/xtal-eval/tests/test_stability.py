@@ -1,0 +1,124 @@
+"""Hull reference against direct pymatgen PhaseDiagram; S.U.N. helpers by hand; CHGNet relaxation."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import math
+
+import numpy as np
+import pytest
+from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
+from pymatgen.core import Composition, Lattice, Structure
+from pymatgen.entries.computed_entries import ComputedEntry
+from xe_testutil import requires
+from xtal_eval import XtalEvalError
+from xtal_eval.stability import (
+    HullReference,
+    RelaxSettings,
+    balanced_sun_rate,
+    cost_per_structure,
+    relax_structures,
+)
+
+# a toy Li-O-Fe reference: elements at 0 eV/atom-ish, some compounds (total energies per cell)
+ROWS = [
+    ("Li", ["Li"], -1.9), ("O", ["O", "O"], -9.8), ("Fe", ["Fe"], -8.3),
+    ("Li2O", ["Li", "Li", "O"], -14.3), ("Li2O2", ["Li", "Li", "O", "O"], -19.9),
+    ("LiO2", ["Li", "O", "O"], -13.2), ("FeO", ["Fe", "O"], -16.8),
+    ("Fe2O3", ["Fe", "Fe", "O", "O", "O"], -38.4), ("LiFeO2", ["Li", "Fe", "O", "O"], -26.0),
+]  # fmt: skip
+
+
+def _write_csv(path, rows, gz=False):
+    opener = gzip.open if gz else open
+    with opener(path, "wt", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["material_id", "species_at_sites", "energy"])
+        for name, sites, e in rows:
+            w.writerow([name, json.dumps(sites).replace('"', "'"), e])
+
+
+def _direct_pd():
+    return PhaseDiagram([PDEntry(Composition("".join(sites)), e) for _, sites, e in ROWS])
+
+
+@pytest.mark.parametrize(
+    "suffix", [".csv", ".csv.gz", pytest.param(".parquet", marks=requires("pyarrow")), ".json"]
+)
+def test_e_above_hull_equals_direct_phase_diagram(tmp_path, suffix):
+    path = tmp_path / f"hull{suffix}"
+    if suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({
+            "species_at_sites": [r[1] for r in ROWS], "energy": [r[2] for r in ROWS],
+        }), path)  # fmt: skip
+    elif suffix == ".json":
+        entries = [ComputedEntry(Composition("".join(sites)), e) for _, sites, e in ROWS]
+        path.write_text(json.dumps([x.as_dict() for x in entries]))
+    else:
+        _write_csv(path, ROWS, gz=suffix == ".csv.gz")
+    hull = HullReference.from_files([path])
+    assert len(hull) == len(ROWS)
+    pd = _direct_pd()
+    for formula, energy in [("Li2O", -14.0), ("Li2O", -15.0), ("LiFeO2", -25.0), ("Li4O4", -39.0),
+                            ("Fe3O4", -55.0), ("Li", -2.0), ("LiFe5O8", -120.0)]:  # fmt: skip
+        comp = Composition(formula)
+        _, direct = pd.get_decomp_and_e_above_hull(PDEntry(comp, energy), allow_negative=True)
+        assert hull.e_above_hull(comp, energy) == pytest.approx(direct, abs=1e-12)
+
+
+def test_e_above_hull_hand_value(tmp_path):
+    path = tmp_path / "h.csv"
+    _write_csv(path, [("A", ["Li"], 0.0), ("B", ["O"], 0.0), ("AB", ["Li", "O"], -2.0)])
+    hull = HullReference.from_files([path])
+    # LiO at -1.6 eV per 2 atoms: 0.2 eV/atom above the LiO hull point at -1.0 eV/atom
+    assert hull.e_above_hull(Composition("LiO"), -1.6) == pytest.approx(0.2)
+    assert hull.e_above_hull(Composition("LiO"), -2.4) == pytest.approx(-0.2)
+    assert hull.formation_energy_per_atom(Composition("LiO"), -1.6) == pytest.approx(-0.8)
+    # no elemental reference for Fe: undefined
+    assert math.isnan(hull.e_above_hull(Composition("FeO"), -10.0))
+
+
+def test_hull_reference_errors(tmp_path):
+    with pytest.raises(XtalEvalError, match="no such hull reference file"):
+        HullReference.from_files([tmp_path / "missing.csv"])
+    bad = tmp_path / "bad.csv"
+    bad.write_text("material_id,energy\nx,1.0\n")
+    with pytest.raises(XtalEvalError, match="species_at_sites, composition or formula"):
+        HullReference.from_files([bad])
+    bad.write_text("formula,e\nLiO,1.0\n")
+    with pytest.raises(XtalEvalError, match="no energy column 'energy'"):
+        HullReference.from_files([bad])
+    (tmp_path / "x.txt").write_text("")
+    with pytest.raises(XtalEvalError, match="unknown hull reference format"):
+        HullReference.from_files([tmp_path / "x.txt"])
+
+
+def test_balanced_sun_and_cost_by_hand():
+    # cubic: 1 of 2 S.U.N.; triclinic: 0 of 1; hexagonal: 1 of 1 -> mean(0.5, 0, 1) = 0.5
+    bal, per = balanced_sun_rate([True, False, False, True, True], [225, 221, 1, 194, None])
+    assert per == {"triclinic": 0.0, "hexagonal": 1.0, "cubic": 0.5}
+    assert bal == pytest.approx(0.5)
+    assert cost_per_structure(10.0, 4) == 2.5
+    assert cost_per_structure(10.0, 0) is None and cost_per_structure(None, 3) is None
+
+
+@pytest.mark.slow
+@requires("chgnet")
+def test_chgnet_relaxation_reports_chgnet_energy_of_final_structure():
+    from chgnet.model import CHGNet
+
+    s = Structure(Lattice.cubic(4.3), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    settings = RelaxSettings(fmax=0.1, steps=20)
+    (r,) = relax_structures([s], settings)
+    assert r.structure is not None and 0 < r.steps <= 20
+    e_direct = float(CHGNet.load(verbose=False).predict_structure(r.structure)["e"]) * len(s)
+    assert r.energy == pytest.approx(e_direct, abs=2e-3 * len(s))
+    assert relax_structures([None], settings)[0].structure is None
+    with pytest.raises(XtalEvalError, match="optimizer must be FIRE or BFGS"):
+        RelaxSettings(optimizer="LBFGS")
+    assert np.isfinite(r.energy)
