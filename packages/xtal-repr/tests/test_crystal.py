@@ -1,16 +1,15 @@
 """Crystal container: conversions and file round trips against pymatgen / ASE."""
 
-import gzip
 import csv
+import gzip
 
 import numpy as np
 import pytest
+import xtal_repr as xr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Lattice, Structure
-
-import xtal_repr as xr
 
 
 def _fixture_structures(fixtures, n=6):

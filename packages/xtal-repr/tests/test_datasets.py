@@ -6,9 +6,8 @@ import shutil
 
 import numpy as np
 import pytest
-from pymatgen.core import Structure
-
 import xtal_repr as xr
+from pymatgen.core import Structure
 
 
 def _rows(path):

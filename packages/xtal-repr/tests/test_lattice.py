@@ -3,13 +3,12 @@
 import numpy as np
 import pytest
 import scipy.linalg
+import xtal_repr as xr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from pymatgen.core import Lattice
 from scipy.spatial.transform import Rotation
-
-import xtal_repr as xr
 
 finite = st.floats(-1.0, 1.0, allow_nan=False, allow_infinity=False)
 

@@ -2,11 +2,10 @@
 
 import numpy as np
 import pytest
+import xtal_repr as xr
 from hypothesis import given
 from hypothesis import strategies as st
 from pymatgen.core import Element
-
-import xtal_repr as xr
 
 # Every element in MP-20 (train_partial/val/test), MPTS-52 (val/test), Perov-5, Carbon-24 (val),
 # read from the CSV splits in shared/data on 2026-11-22, plus the MP-CALYPSO-60 elements listed by

@@ -2,11 +2,10 @@
 
 import numpy as np
 import pytest
+import xtal_repr as xr
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-
-import xtal_repr as xr
 
 coords = arrays(np.float64, (5, 3), elements=st.floats(-50, 50, allow_nan=False))
 
