@@ -139,6 +139,11 @@ class TrainConfig(_Section):
 
     epochs: int = Field(3000, ge=1)
     max_steps: int | None = Field(None, ge=0)
+    max_minutes: float | None = Field(
+        None,
+        gt=0,
+        description="wall-clock training budget in minutes, summed over resumes (checked every step)",
+    )
     seed: int = 42
     batch_size: int = Field(256, ge=1)
     batch_atoms: int | None = Field(None, ge=1)
@@ -166,6 +171,11 @@ class TrainConfig(_Section):
     val_every: int = Field(1, ge=1)
     val_seed: int = 1234
     checkpoint_every: int = Field(0, ge=0, description="steps between mid-epoch 'last' saves")
+    snapshot_every_minutes: float = Field(
+        0,
+        ge=0,
+        description="wall-clock minutes between kept model snapshots in snapshots/ (0: off)",
+    )
     skip_nonfinite: bool = True
     log_every: int = Field(0, ge=0, description="steps between lines of steps.jsonl (0: off)")
     tensorboard: bool = False

@@ -79,8 +79,9 @@ def _tokenize(formula: str) -> list[tuple[str, str]]:
     return tokens
 
 
-def _parse_group(tokens: list[tuple[str, str]], i: int, formula: str, closing: str | None
-                 ) -> tuple[dict[str, int], int]:
+def _parse_group(
+    tokens: list[tuple[str, str]], i: int, formula: str, closing: str | None
+) -> tuple[dict[str, int], int]:
     counts: dict[str, int] = {}
     while i < len(tokens):
         kind, text = tokens[i]
@@ -220,7 +221,11 @@ def cell_composition(
     reduced = {el: c // g for el, c in counts.items()}
     n_red = sum(reduced.values())
     if formula_units is not None:
-        if isinstance(formula_units, bool) or int(formula_units) != formula_units or formula_units < 1:
+        if (
+            isinstance(formula_units, bool)
+            or int(formula_units) != formula_units
+            or formula_units < 1
+        ):
             raise FormulaError(f"--formula-units must be a positive integer, got {formula_units!r}")
         z = int(formula_units)
     elif num_atoms is not None:

@@ -69,14 +69,46 @@ PARTS = ".parts"
 FORMATS = {"cif": ".cif", "poscar": ".vasp", "extxyz": ".extxyz"}
 #: summary columns in this order first (condition columns follow ``candidate``), then any others
 SUMMARY_COLUMNS = (
-    "id", "target_id", "candidate", "file", "formula", "reduced_formula", "num_atoms",
-    "a", "b", "c", "alpha", "beta", "gamma", "volume", "volume_per_atom", "density",
-    "spacegroup_number", "spacegroup_symbol", "symprec", "min_distance", "odd_lattice",
-    "valid_structure", "valid_composition", "kept", "dropped_reason", "duplicate_of", "symmetrized",
-    "energy_per_atom", "energy_rank",
+    "id",
+    "target_id",
+    "candidate",
+    "file",
+    "formula",
+    "reduced_formula",
+    "num_atoms",
+    "a",
+    "b",
+    "c",
+    "alpha",
+    "beta",
+    "gamma",
+    "volume",
+    "volume_per_atom",
+    "density",
+    "spacegroup_number",
+    "spacegroup_symbol",
+    "symprec",
+    "min_distance",
+    "odd_lattice",
+    "valid_structure",
+    "valid_composition",
+    "kept",
+    "dropped_reason",
+    "duplicate_of",
+    "symmetrized",
+    "energy_per_atom",
+    "energy_rank",
 )
 #: manifest fields that must agree for --resume
-RESUME_KEYS = ("command", "checkpoint", "options", "postprocess", "targets", "num_batches", "formats")
+RESUME_KEYS = (
+    "command",
+    "checkpoint",
+    "options",
+    "postprocess",
+    "targets",
+    "num_batches",
+    "formats",
+)
 
 
 class OutputError(SamplingError):
@@ -219,16 +251,22 @@ class MemoryWriter:
         self.parts: dict[int, dict[str, Any]] = {}
 
     # -- protocol
-    def open(self, targets: Sequence[Target], ids: list[list[str]], num_batches: int,
-             post: PostProcessor | None = None) -> set[int]:
+    def open(
+        self,
+        targets: Sequence[Target],
+        ids: list[list[str]],
+        num_batches: int,
+        post: PostProcessor | None = None,
+    ) -> set[int]:
         """Start (or resume) a run; returns the indices of batches already done."""
         self.targets = list(targets)
         self.ids = ids
         self.num_batches = num_batches
         return set()
 
-    def write_batch(self, index: int, records: Sequence[tuple[Any, Structure, Processed]],
-                    out: Any) -> None:
+    def write_batch(
+        self, index: int, records: Sequence[tuple[Any, Structure, Processed]], out: Any
+    ) -> None:
         """Store one finished batch (``records``: (job, raw structure, processed) per crystal)."""
         self.parts[index] = self._make_part(records, out)
 
@@ -243,7 +281,9 @@ class MemoryWriter:
             if row.get("kept", True):
                 s = _structure_from_json(final)
                 s.properties = {
-                    "id": row["id"], "target_id": row["target_id"], "candidate": row["candidate"],
+                    "id": row["id"],
+                    "target_id": row["target_id"],
+                    "candidate": row["candidate"],
                     "conditions": {k[5:]: v for k, v in row.items() if k.startswith("cond_")},
                     "energy_per_atom": row.get("energy_per_atom"),
                 }
@@ -251,7 +291,9 @@ class MemoryWriter:
         return structures, [it[2] for it in items]
 
     # -- helpers
-    def _make_part(self, records: Sequence[tuple[Any, Structure, Processed]], out: Any) -> dict[str, Any]:
+    def _make_part(
+        self, records: Sequence[tuple[Any, Structure, Processed]], out: Any
+    ) -> dict[str, Any]:
         rows, finals, cifs, tgt, cand = [], [], [], [], []
         for job, _raw, pr in records:
             row = {k: _jsonable(v) for k, v in pr.row.items()}
@@ -267,15 +309,28 @@ class MemoryWriter:
             "lattices": _np(out.lattice).astype(np.float64),
             "num_atoms": _np(out.num_atoms).astype(np.int64),
         }
-        return {"rows": rows, "finals": finals, "cifs": cifs, "target_index": np.array(tgt),
-                "candidate": np.array(cand), **raw}
+        return {
+            "rows": rows,
+            "finals": finals,
+            "cifs": cifs,
+            "target_index": np.array(tgt),
+            "candidate": np.array(cand),
+            **raw,
+        }
 
     def _ordered(self) -> list[tuple[int, int, dict[str, Any], dict[str, Any], str]]:
         items = []
         for part in self.parts.values():
             for i, row in enumerate(part["rows"]):
-                items.append((int(part["target_index"][i]), int(part["candidate"][i]), row,
-                              part["finals"][i], part["cifs"][i]))
+                items.append(
+                    (
+                        int(part["target_index"][i]),
+                        int(part["candidate"][i]),
+                        row,
+                        part["finals"][i],
+                        part["cifs"][i],
+                    )
+                )
         items.sort(key=lambda x: (x[0], x[1]))
         _rank_energies([it[2] for it in items])
         return items
@@ -320,18 +375,28 @@ class RunWriter(MemoryWriter):
         Seconds between rebuilds of the summary/npz/candidates views during a run.
     """
 
-    def __init__(self, out_dir: str | os.PathLike[str], manifest: dict[str, Any],
-                 formats: Sequence[str] = ("cif",), resume: bool = False, candidates: bool = True,
-                 assemble_every: float = 30.0) -> None:
+    def __init__(
+        self,
+        out_dir: str | os.PathLike[str],
+        manifest: dict[str, Any],
+        formats: Sequence[str] = ("cif",),
+        resume: bool = False,
+        candidates: bool = True,
+        assemble_every: float = 30.0,
+    ) -> None:
         super().__init__()
         bad = [f for f in formats if f not in FORMATS]
         if bad or not formats:
-            raise OutputError(f"--format {','.join(bad) or '(none)'}: expected some of {', '.join(FORMATS)}")
+            raise OutputError(
+                f"--format {','.join(bad) or '(none)'}: expected some of {', '.join(FORMATS)}"
+            )
         if "extxyz" in formats:
             try:
                 import ase  # noqa: F401
             except ImportError:
-                raise OutputError("--format extxyz needs ASE: pip install 'xtal-repr[ase]'") from None
+                raise OutputError(
+                    "--format extxyz needs ASE: pip install 'xtal-repr[ase]'"
+                ) from None
         self.out_dir = Path(out_dir)
         self.manifest = {**manifest, "formats": list(dict.fromkeys(formats))}
         self.formats = self.manifest["formats"]
@@ -345,8 +410,13 @@ class RunWriter(MemoryWriter):
     def parts_dir(self) -> Path:
         return self.out_dir / PARTS
 
-    def open(self, targets: Sequence[Target], ids: list[list[str]], num_batches: int,
-             post: PostProcessor | None = None) -> set[int]:
+    def open(
+        self,
+        targets: Sequence[Target],
+        ids: list[list[str]],
+        num_batches: int,
+        post: PostProcessor | None = None,
+    ) -> set[int]:
         super().open(targets, ids, num_batches, post)
         check_output_dir(self.out_dir)
         self.manifest.update(targets=[t.to_dict() for t in targets], num_batches=num_batches)
@@ -374,8 +444,9 @@ class RunWriter(MemoryWriter):
         atomic_write_text(self.out_dir / MANIFEST, json.dumps(self.manifest, indent=1) + "\n")
         return done
 
-    def write_batch(self, index: int, records: Sequence[tuple[Any, Structure, Processed]],
-                    out: Any) -> None:
+    def write_batch(
+        self, index: int, records: Sequence[tuple[Any, Structure, Processed]], out: Any
+    ) -> None:
         part = self._make_part(records, out)
         for row, final, cif in zip(part["rows"], part["finals"], part["cifs"], strict=True):
             row["file"] = self._write_structure_files(row, final, cif)
@@ -386,8 +457,9 @@ class RunWriter(MemoryWriter):
         if time.monotonic() - self._last_assembly >= self.assemble_every:
             self._assemble()
 
-    def _write_structure_files(self, row: dict[str, Any], final: dict[str, Any], cif: str,
-                               only_missing: bool = False) -> str:
+    def _write_structure_files(
+        self, row: dict[str, Any], final: dict[str, Any], cif: str, only_missing: bool = False
+    ) -> str:
         """Write the files of one kept structure; returns the first file name ("" if not kept)."""
         if not row.get("kept", True):
             return ""
@@ -441,7 +513,9 @@ class RunWriter(MemoryWriter):
         if post is not None:
             for _, _, row, final, _ in self._ordered():
                 if row.get("kept", True):
-                    post.remember(_structure_from_json(final), row["id"], str(self._target_index(row)))
+                    post.remember(
+                        _structure_from_json(final), row["id"], str(self._target_index(row))
+                    )
         return done
 
     def _target_index(self, row: dict[str, Any]) -> int:
@@ -458,15 +532,23 @@ class RunWriter(MemoryWriter):
             arrays = {k: z[k] for k in z.files}
         offs = np.concatenate([[0], np.cumsum(arrays["final_num_atoms"])])
         finals = [
-            {"lattice": arrays["final_lattices"][i].tolist(),
-             "numbers": arrays["final_atomic_numbers"][offs[i]:offs[i + 1]].tolist(),
-             "frac": arrays["final_frac_coords"][offs[i]:offs[i + 1]].tolist()}
+            {
+                "lattice": arrays["final_lattices"][i].tolist(),
+                "numbers": arrays["final_atomic_numbers"][offs[i] : offs[i + 1]].tolist(),
+                "frac": arrays["final_frac_coords"][offs[i] : offs[i + 1]].tolist(),
+            }
             for i in range(len(rows))
         ]
         self.parts[0] = {
-            "rows": rows, "finals": finals, "cifs": [None] * len(rows),
-            "target_index": arrays["target_index"], "candidate": arrays["candidate"],
-            **{k: arrays[k] for k in ("k", "frac_coords", "atomic_numbers", "lattices", "num_atoms")},
+            "rows": rows,
+            "finals": finals,
+            "cifs": [None] * len(rows),
+            "target_index": arrays["target_index"],
+            "candidate": arrays["candidate"],
+            **{
+                k: arrays[k]
+                for k in ("k", "frac_coords", "atomic_numbers", "lattices", "num_atoms")
+            },
         }
         self._complete_on_disk = True
 
@@ -512,8 +594,10 @@ class RunWriter(MemoryWriter):
         meta = {k: v for k, v in self.manifest.items() if k != "targets"}
         meta["num_structures"] = len(rows)
         meta["num_targets"] = len(self.targets)
-        atomic_write_text(self.out_dir / "summary.json",
-                          json.dumps({"meta": meta, "structures": rows}, indent=1, default=str) + "\n")
+        atomic_write_text(
+            self.out_dir / "summary.json",
+            json.dumps({"meta": meta, "structures": rows}, indent=1, default=str) + "\n",
+        )
         atomic_write_text(self.out_dir / "summary.csv", _rows_to_csv(rows))
         atomic_write_bytes(self.out_dir / "samples.npz", _npz_bytes(self._raw_arrays(items, meta)))
         if self.candidates:
@@ -532,15 +616,22 @@ class RunWriter(MemoryWriter):
             for i in range(len(part["rows"])):
                 key = (int(part["target_index"][i]), int(part["candidate"][i]))
                 a, b = offs[i], offs[i + 1]
-                per[key] = (part["k"][i], part["lattices"][i], part["frac_coords"][a:b],
-                            part["atomic_numbers"][a:b])
+                per[key] = (
+                    part["k"][i],
+                    part["lattices"][i],
+                    part["frac_coords"][a:b],
+                    part["atomic_numbers"][a:b],
+                )
         keys = [(it[0], it[1]) for it in items]
         rows = [it[2] for it in items]
         from xtal_repr import lattice_params_from_matrix
 
         lat = np.array([per[k][1] for k in keys]).reshape(-1, 3, 3)
-        lengths, angles, _ = lattice_params_from_matrix(lat) if len(keys) else (
-            np.zeros((0, 3)), np.zeros((0, 3)), None)
+        lengths, angles, _ = (
+            lattice_params_from_matrix(lat)
+            if len(keys)
+            else (np.zeros((0, 3)), np.zeros((0, 3)), None)
+        )
         out: dict[str, Any] = {
             "ids": np.array([r["id"] for r in rows], dtype=str),
             "target_ids": np.array([r["target_id"] for r in rows], dtype=str),
@@ -552,21 +643,31 @@ class RunWriter(MemoryWriter):
             "lengths": np.asarray(lengths).reshape(-1, 3),
             "angles": np.asarray(angles).reshape(-1, 3),
             "frac_coords": np.concatenate([per[k][2] for k in keys]) if keys else np.zeros((0, 3)),
-            "atomic_numbers": np.concatenate([per[k][3] for k in keys]) if keys
+            "atomic_numbers": np.concatenate([per[k][3] for k in keys])
+            if keys
             else np.zeros(0, dtype=np.int64),
             "meta": np.array(json.dumps(meta, default=str)),
         }
         finals = [it[3] for it in items]
         out["final_num_atoms"] = np.array([len(f["numbers"]) for f in finals], dtype=np.int64)
-        out["final_lattices"] = np.array([f["lattice"] for f in finals], dtype=np.float64).reshape(-1, 3, 3)
-        out["final_frac_coords"] = (np.concatenate([np.asarray(f["frac"]).reshape(-1, 3) for f in finals])
-                                    if finals else np.zeros((0, 3)))
-        out["final_atomic_numbers"] = (np.concatenate([np.asarray(f["numbers"], dtype=np.int64)
-                                                       for f in finals])
-                                       if finals else np.zeros(0, dtype=np.int64))
+        out["final_lattices"] = np.array([f["lattice"] for f in finals], dtype=np.float64).reshape(
+            -1, 3, 3
+        )
+        out["final_frac_coords"] = (
+            np.concatenate([np.asarray(f["frac"]).reshape(-1, 3) for f in finals])
+            if finals
+            else np.zeros((0, 3))
+        )
+        out["final_atomic_numbers"] = (
+            np.concatenate([np.asarray(f["numbers"], dtype=np.int64) for f in finals])
+            if finals
+            else np.zeros(0, dtype=np.int64)
+        )
         cond_names = sorted({c[5:] for r in rows for c in r if c.startswith("cond_")})
         for name in cond_names:
-            out[f"cond_{name}"] = np.array([r.get(f"cond_{name}", np.nan) for r in rows], dtype=np.float64)
+            out[f"cond_{name}"] = np.array(
+                [r.get(f"cond_{name}", np.nan) for r in rows], dtype=np.float64
+            )
         return out
 
 

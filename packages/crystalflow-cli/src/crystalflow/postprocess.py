@@ -79,8 +79,11 @@ def min_distance(structure: Structure) -> float:
     return math.inf  # pragma: no cover - a lattice vector longer than ~6 km
 
 
-def space_group(structure: Structure, symprec: float = DEFAULT_SYMPREC,
-                angle_tolerance: float = DEFAULT_ANGLE_TOLERANCE) -> tuple[int | None, str | None]:
+def space_group(
+    structure: Structure,
+    symprec: float = DEFAULT_SYMPREC,
+    angle_tolerance: float = DEFAULT_ANGLE_TOLERANCE,
+) -> tuple[int | None, str | None]:
     """(international number, Hermann-Mauguin symbol) found by spglib; ``(None, None)`` if it fails."""
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
@@ -115,8 +118,11 @@ def structure_validity(structure: Structure) -> dict[str, bool | None]:
     }
 
 
-def analyze(structure: Structure, symprec: float = DEFAULT_SYMPREC,
-            angle_tolerance: float = DEFAULT_ANGLE_TOLERANCE) -> dict[str, Any]:
+def analyze(
+    structure: Structure,
+    symprec: float = DEFAULT_SYMPREC,
+    angle_tolerance: float = DEFAULT_ANGLE_TOLERANCE,
+) -> dict[str, Any]:
     """Summary of one structure (the columns of ``summary.csv``).
 
     Returns
@@ -136,7 +142,12 @@ def analyze(structure: Structure, symprec: float = DEFAULT_SYMPREC,
         "formula": comp.formula.replace(" ", ""),
         "reduced_formula": comp.reduced_formula,
         "num_atoms": len(structure),
-        "a": a, "b": b, "c": c, "alpha": alpha, "beta": beta, "gamma": gamma,
+        "a": a,
+        "b": b,
+        "c": c,
+        "alpha": alpha,
+        "beta": beta,
+        "gamma": gamma,
         "volume": structure.volume,
         "volume_per_atom": structure.volume / len(structure),
         "density": float(structure.density),
@@ -148,8 +159,11 @@ def analyze(structure: Structure, symprec: float = DEFAULT_SYMPREC,
     }
 
 
-def symmetrize(structure: Structure, symprec: float = DEFAULT_SYMPREC,
-               angle_tolerance: float = DEFAULT_ANGLE_TOLERANCE) -> Structure | None:
+def symmetrize(
+    structure: Structure,
+    symprec: float = DEFAULT_SYMPREC,
+    angle_tolerance: float = DEFAULT_ANGLE_TOLERANCE,
+) -> Structure | None:
     """Idealise ``structure`` to the space group spglib detects at ``symprec``.
 
     Returns the standard primitive or the standard conventional cell (positions and lattice
@@ -301,12 +315,15 @@ class Processed:
 class PostProcessor:
     """Applies :class:`PostProcessOptions` to one structure at a time (keeps the dedup memory)."""
 
-    def __init__(self, options: PostProcessOptions | None = None, device: str | None = None) -> None:
+    def __init__(
+        self, options: PostProcessOptions | None = None, device: str | None = None
+    ) -> None:
         self.options = options or PostProcessOptions()
         self._dedup = Deduplicator() if self.options.dedup else None
         self._relaxer = (
             Relaxer(self.options.relax_fmax, self.options.relax_steps, device)
-            if self.options.relax else None
+            if self.options.relax
+            else None
         )
 
     def remember(self, structure: Structure, ident: str, group: str) -> None:
@@ -328,13 +345,18 @@ class PostProcessor:
         """
         o = self.options
         extra: dict[str, Any] = {
-            "kept": True, "dropped_reason": "", "duplicate_of": "", "symmetrized": False,
+            "kept": True,
+            "dropped_reason": "",
+            "duplicate_of": "",
+            "symmetrized": False,
             "energy_per_atom": None,
         }
         raw_dmin = min_distance(structure)
         if o.drop_closer_than is not None and raw_dmin < o.drop_closer_than:
             extra.update(kept=False, dropped_reason=f"min_distance<{o.drop_closer_than:g}")
-            return Processed(structure, {**analyze(structure, o.symprec, o.angle_tolerance), **extra})
+            return Processed(
+                structure, {**analyze(structure, o.symprec, o.angle_tolerance), **extra}
+            )
         final = structure
         if o.symmetrize:
             sym = symmetrize(final, o.symprec, o.angle_tolerance)

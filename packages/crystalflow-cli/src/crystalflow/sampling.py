@@ -121,9 +121,15 @@ class Target:
     def __post_init__(self) -> None:
         if isinstance(self.count, bool) or int(self.count) != self.count or self.count < 1:
             raise SamplingError(f"number of samples must be a positive integer, got {self.count!r}")
-        if self.atomic_numbers is None and self.num_atoms is not None and len(self.num_atoms) != self.count:
+        if (
+            self.atomic_numbers is None
+            and self.num_atoms is not None
+            and len(self.num_atoms) != self.count
+        ):
             raise SamplingError("a DNG target needs one atom count per candidate")
-        object.__setattr__(self, "conditions", {str(k): float(v) for k, v in self.conditions.items()})
+        object.__setattr__(
+            self, "conditions", {str(k): float(v) for k, v in self.conditions.items()}
+        )
 
     def size(self, candidate: int) -> int:
         """Number of atoms of candidate ``candidate``."""
@@ -214,7 +220,8 @@ def parse_formula_units(value: Any) -> list[int | None] | str:
             z = 0
         if isinstance(x, bool) or z < 1 or float(x) != z:
             raise SamplingError(
-                f"--formula-units {value!r}: expected positive integers (3 or 1,2,4) or 'all'")
+                f"--formula-units {value!r}: expected positive integers (3 or 1,2,4) or 'all'"
+            )
         if z not in out:
             out.append(z)
     if not out:
@@ -284,14 +291,21 @@ def dng_target(
         sizes = np.full(n, size, dtype=np.int64)
     else:
         if hist.size < 2 or not np.isfinite(hist).all() or (hist < 0).any() or hist[1:].sum() <= 0:
-            raise SamplingError("the checkpoint has no usable atom-count histogram; pass --num-atoms")
+            raise SamplingError(
+                "the checkpoint has no usable atom-count histogram; pass --num-atoms"
+            )
         p = hist.copy()
         p[0] = 0.0
         p /= p.sum()
         rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x646E67]))
         sizes = rng.choice(p.size, size=n, p=p)
-    return Target(id="gen", atomic_numbers=None, count=n, conditions=dict(conditions or {}),
-                  num_atoms=tuple(int(s) for s in sizes))
+    return Target(
+        id="gen",
+        atomic_numbers=None,
+        count=n,
+        conditions=dict(conditions or {}),
+        num_atoms=tuple(int(s) for s in sizes),
+    )
 
 
 def _safe_id(text: str) -> str:
@@ -351,7 +365,9 @@ def targets_from_csv(
         try:
             v = float(t)
         except ValueError:
-            raise SamplingError(f"--from-csv {p}: row {row}, column {col!r}: {t!r} is not a number") from None
+            raise SamplingError(
+                f"--from-csv {p}: row {row}, column {col!r}: {t!r} is not a number"
+            ) from None
         if integer and (v != int(v) or v < 1):
             raise SamplingError(
                 f"--from-csv {p}: row {row}, column {col!r}: {t!r} is not a positive integer"
@@ -384,12 +400,20 @@ def targets_from_csv(
             ids.append(str(cr.id))
     else:
         for i, r in enumerate(records, start=1):
-            na = number(i, "num_atoms", r.get("num_atoms"), integer=True) if "num_atoms" in header else None
-            fu = (number(i, "formula_units", r.get("formula_units"), integer=True)
-                  if "formula_units" in header else None)
+            na = (
+                number(i, "num_atoms", r.get("num_atoms"), integer=True)
+                if "num_atoms" in header
+                else None
+            )
+            fu = (
+                number(i, "formula_units", r.get("formula_units"), integer=True)
+                if "formula_units" in header
+                else None
+            )
             try:
                 cell = cell_composition(
-                    r.get("formula") or "", num_atoms=None if na is None else int(na),
+                    r.get("formula") or "",
+                    num_atoms=None if na is None else int(na),
                     formula_units=None if fu is None else int(fu),
                 )
             except FormulaError as exc:
@@ -454,7 +478,9 @@ def resolve_device(device: str | None = "auto") -> str:
     try:
         dev = torch.device(d)
     except RuntimeError:
-        raise SamplingError(f"--device {device!r}: not a device (auto, cpu, cuda, cuda:1, ...)") from None
+        raise SamplingError(
+            f"--device {device!r}: not a device (auto, cpu, cuda, cuda:1, ...)"
+        ) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise SamplingError(f"--device {device}: CUDA is not available on this machine")
     return d
@@ -501,7 +527,11 @@ class SamplingOptions:
             raise SamplingError(f"--anti-annealing must be >= 0, got {self.anti_annealing}")
         if not math.isfinite(self.guidance):
             raise SamplingError(f"--guidance must be finite, got {self.guidance}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+        if (
+            isinstance(self.seed, bool)
+            or not isinstance(self.seed, (int, np.integer))
+            or self.seed < 0
+        ):
             raise SamplingError(f"--seed must be a non-negative integer, got {self.seed!r}")
         if self.batch_size is not None:
             _positive(self.batch_size, "--batch-size")
@@ -532,7 +562,9 @@ def _condition_range(model: Any, name: str) -> tuple[float, float] | None:
     return None
 
 
-def resolve_condition_names(conditions: Mapping[str, float], known: Sequence[str]) -> dict[str, float]:
+def resolve_condition_names(
+    conditions: Mapping[str, float], known: Sequence[str]
+) -> dict[str, float]:
     """Map user condition names onto the checkpoint's: exact, else a unique prefix.
 
     ``formation_energy=-1`` resolves to ``formation_energy_per_atom`` when that is the only
@@ -550,8 +582,11 @@ def resolve_condition_names(conditions: Mapping[str, float], known: Sequence[str
         else:
             matches = [k for k in known if k.startswith(key)]
             if len(matches) != 1:
-                trained = (f"it knows: {', '.join(known)}" if known
-                           else "it was trained without conditions")
+                trained = (
+                    f"it knows: {', '.join(known)}"
+                    if known
+                    else "it was trained without conditions"
+                )
                 raise SamplingError(
                     f"condition {key!r} is not one the checkpoint was trained with ({trained})"
                 )
@@ -563,8 +598,9 @@ def resolve_condition_names(conditions: Mapping[str, float], known: Sequence[str
     return out
 
 
-def check_targets(model: Any, targets: Sequence[Target], options: SamplingOptions,
-                  mode: str = "csp") -> tuple[list[Target], list[str]]:
+def check_targets(
+    model: Any, targets: Sequence[Target], options: SamplingOptions, mode: str = "csp"
+) -> tuple[list[Target], list[str]]:
     """Check targets against the checkpoint before anything is sampled or written.
 
     Parameters
@@ -625,7 +661,9 @@ def check_targets(model: Any, targets: Sequence[Target], options: SamplingOption
                         f"({len(allowed)} elements seen in training)"
                     )
         elif t.num_atoms is not None and max(t.num_atoms) > max_atoms:
-            raise SamplingError(f"--num-atoms {max(t.num_atoms)} exceeds the model's limit of {max_atoms}")
+            raise SamplingError(
+                f"--num-atoms {max(t.num_atoms)} exceeds the model's limit of {max_atoms}"
+            )
         conds = resolve_condition_names(t.conditions, known)
         if known and not conds and cfg.cond_drop_prob <= 0:
             raise SamplingError(
@@ -635,8 +673,10 @@ def check_targets(model: Any, targets: Sequence[Target], options: SamplingOption
             )
         if conds and len(conds) != len(known):
             missing = [k for k in known if k not in conds]
-            raise SamplingError(f"{where}missing condition(s) {', '.join(missing)} "
-                                f"(the checkpoint is conditioned on {', '.join(known)})")
+            raise SamplingError(
+                f"{where}missing condition(s) {', '.join(missing)} "
+                f"(the checkpoint is conditioned on {', '.join(known)})"
+            )
         for name, value in conds.items():
             rng = _condition_range(model, name)
             if rng is not None and not (rng[0] <= value <= rng[1]) and name not in warned:
@@ -648,7 +688,9 @@ def check_targets(model: Any, targets: Sequence[Target], options: SamplingOption
         out.append(Target(t.id, t.atomic_numbers, t.count, conds, t.num_atoms))
     if abs(options.guidance - 1.0) >= 1e-4:
         if not known:
-            raise SamplingError("--guidance needs a conditional checkpoint (this one has no conditions)")
+            raise SamplingError(
+                "--guidance needs a conditional checkpoint (this one has no conditions)"
+            )
         if cfg.cond_drop_prob <= 0:
             raise SamplingError(
                 "--guidance other than 1 needs a checkpoint trained with condition dropout "
@@ -763,22 +805,33 @@ def _per_structure_prior(model: Any, batch: Sequence[Job], seed: int) -> dict[st
     parts: dict[str, list[Any]] = {}
     for j in batch:
         g = torch.Generator().manual_seed(job_seed(seed, j))
-        x0 = model.flow.sample_prior(1, torch.zeros(j.num_atoms, dtype=torch.long), generator=g,
-                                     device="cpu", dtype=torch.float32)
+        x0 = model.flow.sample_prior(
+            1,
+            torch.zeros(j.num_atoms, dtype=torch.long),
+            generator=g,
+            device="cpu",
+            dtype=torch.float32,
+        )
         for name, v in x0.items():
             parts.setdefault(name, []).append(v)
     return {name: torch.cat(v) for name, v in parts.items()}
 
 
-def _sample_batch(model: Any, targets: Sequence[Target], batch: Sequence[Job],
-                  options: SamplingOptions, device: str) -> Any:
+def _sample_batch(
+    model: Any,
+    targets: Sequence[Target],
+    batch: Sequence[Job],
+    options: SamplingOptions,
+    device: str,
+) -> Any:
     import torch
 
     num_atoms = torch.tensor([j.num_atoms for j in batch], dtype=torch.long)
     z = None
     if targets[batch[0].target].atomic_numbers is not None:
-        z = torch.tensor([a for j in batch for a in targets[j.target].atomic_numbers or ()],
-                         dtype=torch.long)
+        z = torch.tensor(
+            [a for j in batch for a in targets[j.target].atomic_numbers or ()], dtype=torch.long
+        )
     conds = None
     names = list(targets[batch[0].target].conditions)
     if names:
@@ -794,12 +847,20 @@ def _sample_batch(model: Any, targets: Sequence[Target], batch: Sequence[Job],
         # one stream per batch (CPU generator: the prior draw is the same on every device)
         kwargs["generator"] = torch.Generator().manual_seed(batch_seed(options.seed, batch))
     return model.sample(
-        num_atoms, z, conds, steps=options.steps, solver=options.solver,
-        anti_annealing=options.anti_annealing, guidance=options.guidance, **kwargs,
+        num_atoms,
+        z,
+        conds,
+        steps=options.steps,
+        solver=options.solver,
+        anti_annealing=options.anti_annealing,
+        guidance=options.guidance,
+        **kwargs,
     )
 
 
-def _group_batches_by_conditions(targets: Sequence[Target], batches: list[list[Job]]) -> list[list[Job]]:
+def _group_batches_by_conditions(
+    targets: Sequence[Target], batches: list[list[Job]]
+) -> list[list[Job]]:
     """Split batches so that every batch has one set of condition names (all or none)."""
     out = []
     for b in batches:
@@ -848,7 +909,9 @@ def run(
 
     writer = writer if writer is not None else MemoryWriter()
     post = PostProcessor(postprocess, device=device)
-    batches = _group_batches_by_conditions(targets, plan_batches(targets, options.batch_atoms(device)))
+    batches = _group_batches_by_conditions(
+        targets, plan_batches(targets, options.batch_atoms(device))
+    )
     ids = structure_ids(targets)
     total = sum(t.count for t in targets)
     done_batches = writer.open(targets, ids, len(batches), post)
@@ -866,8 +929,11 @@ def run(
             sid = ids[j.target][j.candidate]
             pr = post(raw, sid, group=str(j.target))
             pr.row = {
-                "id": sid, "target_id": t.id, "candidate": j.candidate,
-                **{f"cond_{k}": v for k, v in t.conditions.items()}, **pr.row,
+                "id": sid,
+                "target_id": t.id,
+                "candidate": j.candidate,
+                **{f"cond_{k}": v for k, v in t.conditions.items()},
+                **pr.row,
             }
             records.append((j, raw, pr))
         writer.write_batch(b, records, out)
@@ -1023,16 +1089,29 @@ def prepare(
             else:
                 targets = [formula_target(formula, n, num_atoms, z, conds) for z in zs]
         elif from_csv is not None and (num_atoms is not None or formula_units is not None):
-            raise SamplingError("--num-atoms/--formula-units apply to --formula; with --from-csv "
-                                "use num_atoms/formula_units columns")
+            raise SamplingError(
+                "--num-atoms/--formula-units apply to --formula; with --from-csv "
+                "use num_atoms/formula_units columns"
+            )
     elif formula is not None or from_csv is not None:
         raise SamplingError("`generate` takes no formula (use `crystalflow sample` for CSP)")
     elif formula_units is not None:
         raise SamplingError("--formula-units applies to `crystalflow sample`")
-    options = SamplingOptions(steps=steps, solver=solver, anti_annealing=anti_annealing,
-                              guidance=guidance, seed=seed, batch_size=batch_size)
-    post = _postprocess_options(drop_closer_than=drop_closer_than, symmetrize=symmetrize,
-                                dedup=dedup, relax=relax, symprec=symprec)
+    options = SamplingOptions(
+        steps=steps,
+        solver=solver,
+        anti_annealing=anti_annealing,
+        guidance=guidance,
+        seed=seed,
+        batch_size=batch_size,
+    )
+    post = _postprocess_options(
+        drop_closer_than=drop_closer_than,
+        symmetrize=symmetrize,
+        dedup=dedup,
+        relax=relax,
+        symprec=symprec,
+    )
     if relax:
         from crystalflow.postprocess import require_chgnet
 
@@ -1054,21 +1133,26 @@ def prepare(
         if zmax < 1:
             raise SamplingError(
                 f"{reduced.formula} has {reduced.num_atoms} atoms, more than the model's limit of "
-                f"{model.config.max_atoms}")
+                f"{model.config.max_atoms}"
+            )
         targets = [formula_target(formula, n, None, z, conds) for z in range(1, zmax + 1)]
     if command == "sample" and from_csv is not None:
-        targets = targets_from_csv(from_csv, n, conds, condition_names=list(model.config.conditions))
+        targets = targets_from_csv(
+            from_csv, n, conds, condition_names=list(model.config.conditions)
+        )
     if command == "generate":
         if model.config.mode != "dng":
             check_targets(model, [Target("gen", None, 1, {}, (1,))], options, mode="dng")
         hist = _np_hist(getattr(model, "num_atoms_hist", None))
         if num_atoms is not None and num_atoms > int(model.config.max_atoms):
             raise SamplingError(
-                f"--num-atoms {num_atoms} exceeds the model's limit of {model.config.max_atoms}")
+                f"--num-atoms {num_atoms} exceeds the model's limit of {model.config.max_atoms}"
+            )
         targets = [dng_target(n, hist, seed, conds, num_atoms)]
     assert targets is not None
-    checked, warns = check_targets(model, list(targets), options,
-                                   mode="csp" if command == "sample" else "dng")
+    checked, warns = check_targets(
+        model, list(targets), options, mode="csp" if command == "sample" else "dng"
+    )
     options = SamplingOptions(**{**asdict(options), "batch_size": options.batch_atoms(dev)})
     return Prepared(command, model, checked, options, post, dev, ckpt, warns)
 
@@ -1081,8 +1165,12 @@ def _np_hist(h: Any) -> np.ndarray:
     return np.asarray(h, dtype=np.float64)
 
 
-def prepare_resume(out_dir: str | os.PathLike[str], device: str | None = "auto",
-                   checkpoint: str | os.PathLike[str] | None = None, model: Any = None) -> Prepared:
+def prepare_resume(
+    out_dir: str | os.PathLike[str],
+    device: str | None = "auto",
+    checkpoint: str | os.PathLike[str] | None = None,
+    model: Any = None,
+) -> Prepared:
     """Rebuild the request stored in ``out_dir/run.json`` (for ``--resume`` without options)."""
     from crystalflow.outputs import OutputError, read_manifest
 
@@ -1093,7 +1181,9 @@ def prepare_resume(out_dir: str | os.PathLike[str], device: str | None = "auto",
     if model is None:
         stored = m.get("checkpoint", "")
         if checkpoint is None and stored.startswith("<"):
-            raise OutputError("--resume: the run was made with an in-memory model; pass --checkpoint")
+            raise OutputError(
+                "--resume: the run was made with an in-memory model; pass --checkpoint"
+            )
         path = resolve_checkpoint(checkpoint if checkpoint is not None else stored)
         model = load_checkpoint(path, device=dev)
         ckpt = str(path.resolve())
@@ -1123,9 +1213,14 @@ class RichProgress:
         )
 
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]:.2f} structures/s"), TimeElapsedColumn(),
-            TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled,
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]:.2f} structures/s"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            disable=not enabled,
             transient=False,
         )
         self.description = description
@@ -1140,7 +1235,9 @@ class RichProgress:
 
     def __call__(self, done: int, total: int, rate: float) -> None:
         if self.task is None:
-            self.task = self.progress.add_task(self.description, total=total, completed=done, rate=0.0)
+            self.task = self.progress.add_task(
+                self.description, total=total, completed=done, rate=0.0
+            )
         self.progress.update(self.task, completed=done, rate=rate)
 
 
@@ -1158,17 +1255,37 @@ def execute(
 
     writer = None
     if out is not None:
-        writer = RunWriter(out, prepared.manifest(), formats=formats, resume=resume,
-                           candidates=prepared.command == "sample", assemble_every=assemble_every)
+        writer = RunWriter(
+            out,
+            prepared.manifest(),
+            formats=formats,
+            resume=resume,
+            candidates=prepared.command == "sample",
+            assemble_every=assemble_every,
+        )
     if callable(progress):
-        return run(prepared.model, prepared.targets, prepared.options, device=prepared.device,
-                   writer=writer, postprocess=prepared.postprocess, progress=progress,
-                   warnings=prepared.warnings)
+        return run(
+            prepared.model,
+            prepared.targets,
+            prepared.options,
+            device=prepared.device,
+            writer=writer,
+            postprocess=prepared.postprocess,
+            progress=progress,
+            warnings=prepared.warnings,
+        )
     desc = "sampling" if prepared.command == "sample" else "generating"
     with RichProgress(desc, enabled=bool(progress)) as bar:
-        return run(prepared.model, prepared.targets, prepared.options, device=prepared.device,
-                   writer=writer, postprocess=prepared.postprocess, progress=bar,
-                   warnings=prepared.warnings)
+        return run(
+            prepared.model,
+            prepared.targets,
+            prepared.options,
+            device=prepared.device,
+            writer=writer,
+            postprocess=prepared.postprocess,
+            progress=bar,
+            warnings=prepared.warnings,
+        )
 
 
 def _emit_warnings(lines: Sequence[str]) -> None:
@@ -1254,11 +1371,27 @@ def sample(
         ``target_id``, ``candidate``, ``conditions`` and ``energy_per_atom``.
     """
     prepared = prepare(
-        "sample", formula=formula, from_csv=from_csv, n=n, num_atoms=num_atoms,
-        formula_units=formula_units, pressure=pressure, conditions=conditions, steps=steps,
-        solver=solver, anti_annealing=anti_annealing, guidance=guidance, seed=seed, device=device,
-        batch_size=batch_size, checkpoint=checkpoint, model=model,
-        drop_closer_than=drop_closer_than, symmetrize=symmetrize, dedup=dedup, relax=relax,
+        "sample",
+        formula=formula,
+        from_csv=from_csv,
+        n=n,
+        num_atoms=num_atoms,
+        formula_units=formula_units,
+        pressure=pressure,
+        conditions=conditions,
+        steps=steps,
+        solver=solver,
+        anti_annealing=anti_annealing,
+        guidance=guidance,
+        seed=seed,
+        device=device,
+        batch_size=batch_size,
+        checkpoint=checkpoint,
+        model=model,
+        drop_closer_than=drop_closer_than,
+        symmetrize=symmetrize,
+        dedup=dedup,
+        relax=relax,
         symprec=symprec,
     )
     _emit_warnings(prepared.warnings)
@@ -1300,10 +1433,24 @@ def generate(
     list[pymatgen.core.Structure]
     """
     prepared = prepare(
-        "generate", n=n, num_atoms=num_atoms, pressure=pressure, conditions=conditions,
-        steps=steps, solver=solver, anti_annealing=anti_annealing, guidance=guidance, seed=seed,
-        device=device, batch_size=batch_size, checkpoint=checkpoint, model=model,
-        drop_closer_than=drop_closer_than, symmetrize=symmetrize, dedup=dedup, relax=relax,
+        "generate",
+        n=n,
+        num_atoms=num_atoms,
+        pressure=pressure,
+        conditions=conditions,
+        steps=steps,
+        solver=solver,
+        anti_annealing=anti_annealing,
+        guidance=guidance,
+        seed=seed,
+        device=device,
+        batch_size=batch_size,
+        checkpoint=checkpoint,
+        model=model,
+        drop_closer_than=drop_closer_than,
+        symmetrize=symmetrize,
+        dedup=dedup,
+        relax=relax,
         symprec=symprec,
     )
     _emit_warnings(prepared.warnings)

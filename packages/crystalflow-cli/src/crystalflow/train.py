@@ -9,6 +9,8 @@ to train further). A run folder holds
   by validation loss;
 * ``state_last.safetensors``: everything needed to continue exactly (weights, EMA, optimiser,
   scheduler, step, epoch and position inside the epoch, RNG state, running metrics);
+* ``snapshots/model_step<N>.safetensors`` every ``train.snapshot_every_minutes`` of training wall
+  time (EMA weights; the model info records ``train_wall_s``), for quality-versus-time curves;
 * ``tb/`` with ``train.tensorboard=true``.
 
 Determinism: the batches of an epoch are a function of (seed, epoch), and the random draws of step
@@ -72,7 +74,7 @@ class TrainResult:
     epoch: int
     best_val_loss: float | None
     last_val_loss: float | None
-    stopped: str  # "max_steps" | "epochs"
+    stopped: str  # "max_steps" | "max_minutes" | "epochs"
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -267,6 +269,8 @@ class _Trainer:
         self.best_val: float | None = None
         self.last_val: float | None = None
         self.acc = self._new_acc()
+        self.wall_s = 0.0  # training wall time summed over resumes (train.max_minutes)
+        self.next_snapshot_s: float | None = None
         self.total_steps = self._horizon()
         self.val_batches = epoch_batches(
             self.val_data.num_atoms_np,
@@ -445,6 +449,8 @@ class _Trainer:
             "optimizer": opt_struct,
             "plateau": self.plateau.state_dict() if self.plateau is not None else None,
             "acc": self.acc,
+            "wall_s": self.wall_s,
+            "next_snapshot_s": self.next_snapshot_s,
             "normalizer": {k: list(v) for k, v in m.normalizer.items()},
             "num_atoms_hist": m.num_atoms_hist.tolist(),
             "elements": m.elements,
@@ -473,6 +479,8 @@ class _Trainer:
         self.last_val = json_float(meta["last_val"])
         self.total_steps = int(meta["total_steps"])
         self.acc = meta["acc"]
+        self.wall_s = float(meta.get("wall_s", 0.0))
+        self.next_snapshot_s = meta.get("next_snapshot_s")
         if "rng/torch" in tensors:
             torch.set_rng_state(tensors["rng/torch"])
         if "rng/cuda" in tensors and self.dist.device.type == "cuda":
@@ -486,12 +494,29 @@ class _Trainer:
             "weights": "ema" if self.ema is not None else "raw",
             "ema_decay": self.cfg.train.ema_decay,
             "preset": self.cfg.preset,
+            "train_wall_s": round(self.wall_s, 3),
             **self.data_info,
         }
 
     def _sampling_state(self) -> dict[str, Tensor]:
         net = self.ema.model.net if self.ema is not None else self.model.net
         return net.state_dict()
+
+    def snapshot(self) -> None:
+        """Keep the current sampling model as ``snapshots/model_step<N>.safetensors``."""
+        if self.dist.is_main:
+            save_model(
+                self.run_dir / "snapshots" / f"model_step{self.step:08d}.safetensors",
+                self.model,
+                self._sampling_state(),
+                self._model_info(self.last_val),
+            )
+
+    def _out_of_time(self, max_s: float) -> bool:
+        # every process must agree, or DDP would hang on the next all-reduce
+        flag = torch.tensor([1.0 if self.wall_s >= max_s else 0.0], dtype=torch.float64)
+        all_reduce_(flag, self.dist)
+        return bool(flag.item() > 0)
 
     def save(self, new_best: bool) -> None:
         """Write state_last, model_last (and model_best); rank 0 only."""
@@ -547,6 +572,7 @@ class _Trainer:
         t0 = time.perf_counter()
         val = self.validate()
         val_time = time.perf_counter() - t0
+        self.wall_s += val_time
         self.last_val = val["loss"]
         new_best = math.isfinite(val["loss"]) and (
             self.best_val is None or val["loss"] < self.best_val
@@ -607,7 +633,19 @@ class _Trainer:
         if tc.num_threads is not None and self.dist.device.type == "cpu":
             torch.set_num_threads(tc.num_threads)
         max_steps = tc.max_steps if tc.max_steps is not None else math.inf
+        max_s = tc.max_minutes * 60.0 if tc.max_minutes is not None else math.inf
+        snap_s = tc.snapshot_every_minutes * 60.0
+        if snap_s and self.next_snapshot_s is None:
+            self.next_snapshot_s = snap_s
         stopped = "epochs"
+        if self.wall_s >= max_s:
+            self.log.line(
+                f"already trained {self.wall_s / 60:.1f} min (train.max_minutes={tc.max_minutes}): "
+                "nothing to do; raise train.max_minutes"
+            )
+            return TrainResult(
+                self.run_dir, self.step, self.epoch, self.best_val, self.last_val, "max_minutes"
+            )
         if self.step >= max_steps or self.epoch >= tc.epochs:
             self.log.line(
                 f"already at step {self.step} / epoch {self.epoch} (train.max_steps={tc.max_steps}, "
@@ -618,17 +656,30 @@ class _Trainer:
                 if self.step >= max_steps:
                     stopped = "max_steps"
                     break
+                if max_s < math.inf and self._out_of_time(max_s):
+                    stopped = "max_minutes"
+                    break
                 batches = self._batches(self.epoch)
                 self.log.start_epoch(self.epoch, len(batches), self.pos)
                 ckpt_every = tc.checkpoint_every
                 try:
                     while self.pos < len(batches) and self.step < max_steps:
+                        if max_s < math.inf and self._out_of_time(max_s):
+                            stopped = "max_minutes"
+                            break
                         t0 = time.perf_counter()
                         info = self._train_step(batches[self.pos])
                         if self.dist.device.type == "cuda":
                             torch.cuda.synchronize(self.dist.device)
-                        self.acc["time"] += time.perf_counter() - t0
+                        dt = time.perf_counter() - t0
+                        self.acc["time"] += dt
+                        self.wall_s += dt
                         self.pos += 1
+                        if snap_s and self.next_snapshot_s is not None:
+                            if self.wall_s >= self.next_snapshot_s:
+                                self.snapshot()
+                                while self.next_snapshot_s <= self.wall_s:
+                                    self.next_snapshot_s += snap_s
                         if info is not None:
                             rate = (
                                 self.acc["crystals"] * self.dist.world / max(self.acc["time"], 1e-9)
@@ -720,6 +771,7 @@ def resume(
     *,
     max_steps: int | None = None,
     epochs: int | None = None,
+    max_minutes: float | None = None,
     progress: bool = True,
 ) -> TrainResult:
     """Continue the run in ``run_dir`` from its last checkpoint (exactly where it stopped).
@@ -730,6 +782,9 @@ def resume(
         A run folder written by :func:`train`.
     max_steps, epochs : int, optional
         New limits (default: those of the run).
+    max_minutes : float, optional
+        New wall-clock budget in minutes, counted from the run's start (training wall time already
+        spent counts against it).
     progress : bool
         Progress bar (rank 0, terminals only).
     """
@@ -753,6 +808,8 @@ def resume(
         base["train"]["max_steps"] = max_steps
     if epochs is not None:
         base["train"]["epochs"] = epochs
+    if max_minutes is not None:
+        base["train"]["max_minutes"] = max_minutes
     config = validate_config(base, f"{run_dir}/config")
     trainer = _Trainer(config, run_dir, state, progress)
     try:

@@ -310,18 +310,29 @@ class FastMatcher:
         cc = np.array(s1.cart_coords)
         n1 = len(cc)
         best: float | None = None
-        for latt, _, scale_m in s1.lattice.find_all_mappings(
-            s2_lat, ltol=sm.ltol, atol=sm.angle_tol, skip_rotation_matrix=True
-        ):
-            if not math.isclose(abs(np.linalg.det(scale_m)), 1, abs_tol=0.5, rel_tol=0):
-                continue
-            fc = np.dot(cc, np.linalg.inv(latt._matrix))
+        aligned = _mappings(s1.lattice, s2_lat, sm.ltol, sm.angle_tol)
+        if len(aligned) == 0:
+            return None
+        # a vectorised, slightly widened version of the translation test below: a mapping none of
+        # whose translations passes it cannot pass the exact test, so it is skipped unchanged
+        survivors = _prefilter(aligned, cc, s2fc, p2, s1_t_inds, s2_t_ind, mask, stol)
+        # mappings related by symmetry (at least every mapping and its inverse, -a -b -c) often
+        # have bit-identical averaged parameters: their averaged lattice, its LLL reduction and
+        # both fractional tolerances are computed once and reused (same values, no approximation)
+        per_params: dict[bytes, list] = {}
+        for p in np.flatnonzero(survivors):
+            latt_m = aligned[p]
+            fc = np.dot(cc, np.linalg.inv(latt_m))
             fc -= np.floor(fc)
-            params = (np.array(_parameters(latt._matrix)) + p2) / 2
-            avg_l = _CachedLattice.from_parameters(*params)
-            normalization = (n1 / _volume(avg_l._matrix)) ** (1 / 3)
-            frac_tol = _reciprocal_abc(avg_l._matrix) * stol / (np.pi * normalization)
-            lll_frac_tol = None
+            params = (np.array(_parameters(latt_m)) + p2) / 2
+            entry = per_params.get(params.tobytes())
+            if entry is None:
+                avg_l = _CachedLattice.from_parameters(*params)
+                normalization = (n1 / _volume(avg_l._matrix)) ** (1 / 3)
+                frac_tol = _reciprocal_abc(avg_l._matrix) * stol / (np.pi * normalization)
+                entry = [avg_l, normalization, frac_tol, None]
+                per_params[params.tobytes()] = entry
+            avg_l, normalization, frac_tol, lll_frac_tol = entry
             for s1i in s1_t_inds:
                 t = fc[s1i] - s2fc[s2_t_ind]
                 t_s2fc = s2fc + t
@@ -330,6 +341,7 @@ class FastMatcher:
                 if lll_frac_tol is None:
                     lll = avg_l.get_lll_reduced_lattice()._matrix
                     lll_frac_tol = _reciprocal_abc(lll) * stol / (np.pi * normalization)
+                    entry[3] = lll_frac_tol
                 # StructureMatcher._cart_dists, without the parts whose results are not used
                 vecs, d_2 = pbc_shortest_vectors(
                     avg_l, t_s2fc, fc, mask, return_d2=True, lll_frac_tol=lll_frac_tol
@@ -347,6 +359,124 @@ class FastMatcher:
         if best is not None and best < stol:
             return best
         return None
+
+
+def _mappings(lat1: Lattice, lat2: Lattice, ltol: float, atol: float) -> np.ndarray:
+    """The aligned matrices of ``lat1.find_all_mappings(lat2, ltol, atol)``, in the same order,
+    keeping those whose integer scale matrix has |det| = 1 (what ``StructureMatcher`` keeps).
+
+    Returns
+    -------
+    ndarray, shape (P, 3, 3)
+    """
+    lengths = lat2.lengths
+    alpha, beta, gamma = lat2.angles
+    frac, dist, _, _ = lat1.get_points_in_sphere(
+        [[0, 0, 0]], [0, 0, 0], max(lengths) * (1 + ltol), zip_results=False
+    )
+    cart = lat1.get_cartesian_coords(frac)
+    inds = [np.logical_and(dist / ln < 1 + ltol, dist / ln > 1 / (1 + ltol)) for ln in lengths]
+    c_a, c_b, c_c = (cart[i] for i in inds)
+    f_a, f_b, f_c = (frac[i] for i in inds)
+    if not (len(c_a) and len(c_b) and len(c_c)):
+        return np.zeros((0, 3, 3))
+    l_a, l_b, l_c = (np.sum(c**2, axis=-1) ** 0.5 for c in (c_a, c_b, c_c))
+
+    def angles(v1: np.ndarray, v2: np.ndarray, l1: np.ndarray, l2: np.ndarray) -> np.ndarray:
+        x = np.inner(v1, v2) / l1[:, None] / l2
+        x[x > 1] = 1
+        x[x < -1] = -1
+        return np.rad2deg(np.arccos(x))
+
+    alpha_b = np.isclose(angles(c_b, c_c, l_b, l_c), alpha, atol=atol, rtol=0)
+    beta_b = np.isclose(angles(c_a, c_c, l_a, l_c), beta, atol=atol, rtol=0)
+    gamma_b = np.isclose(angles(c_a, c_b, l_a, l_b), gamma, atol=atol, rtol=0)
+    # pymatgen loops over i, then np.argwhere over (j, k): row-major order of the 3-D mask
+    ijk = np.argwhere(gamma_b[:, :, None] & alpha_b[None, :, :] & beta_b[:, None, :])
+    if len(ijk) == 0:
+        return np.zeros((0, 3, 3))
+    i, j, k = ijk.T
+    scale = np.stack((f_a[i], f_b[j], f_c[k]), axis=1).astype(np.int64)
+    det = np.abs(np.linalg.det(scale))
+    keep = (det >= 1e-8) & (np.abs(det - 1) <= 0.5)
+    return np.stack((c_a[i[keep]], c_b[j[keep]], c_c[k[keep]]), axis=1)
+
+
+#: relative widening of the prefilter's tolerance, far above the floating-point differences between
+#: its vectorised arithmetic and pymatgen's per-mapping arithmetic (~1e-15 relative)
+_PREFILTER_SLACK = 1e-7
+#: elements per chunk of the prefilter's (mappings x translations x sites x sites x 3) array
+_PREFILTER_CHUNK = 1_000_000
+
+
+def _prefilter(
+    aligned: np.ndarray,
+    cc: np.ndarray,
+    s2fc: np.ndarray,
+    p2: np.ndarray,
+    s1_t_inds: np.ndarray,
+    s2_t_ind: int,
+    mask: np.ndarray,
+    stol: float,
+) -> np.ndarray:
+    """Which mappings may have a translation passing ``is_coord_subset_pbc`` (a superset, exact).
+
+    The same quantities as the exact loop (fractional coordinates in the aligned lattice, the
+    averaged lattice and its fractional tolerance), computed for all mappings at once, with the
+    tolerance widened by ``_PREFILTER_SLACK``; a mapping it rejects fails the exact test for every
+    translation, so skipping it changes no result.
+    """
+    n_map = len(aligned)
+    n1 = len(cc)
+    fc = np.einsum("nj,pjk->pnk", cc, np.linalg.inv(aligned))
+    fc -= np.floor(fc)
+    lengths = np.sqrt(np.sum(aligned**2, axis=2))
+    cosines = np.empty((n_map, 3))
+    for dim in range(3):
+        jj, kk = (dim + 1) % 3, (dim + 2) % 3
+        cosines[:, dim] = np.sum(aligned[:, jj] * aligned[:, kk], axis=1) / (
+            lengths[:, jj] * lengths[:, kk]
+        )
+    angles = np.rad2deg(np.arccos(np.clip(cosines, -1, 1)))
+    params = (np.concatenate((lengths, angles), axis=1) + p2) / 2
+    avg = _from_parameters(params)
+    volume = np.abs(np.linalg.det(avg))
+    normalization = (n1 / volume) ** (1 / 3)
+    rec = np.linalg.inv(avg).transpose(0, 2, 1) * 2 * np.pi
+    tol = np.sqrt(np.sum(rec**2, axis=2)) * stol / (np.pi * normalization[:, None])
+    tol *= 1 + _PREFILTER_SLACK
+    allowed = ~np.asarray(mask, dtype=bool)  # (n2, n1)
+    n2 = len(s2fc)
+    t_inds = np.asarray(s1_t_inds)
+    out = np.zeros(n_map, dtype=bool)
+    per_map = max(1, len(t_inds) * n2 * n1 * 3)
+    step = max(1, _PREFILTER_CHUNK // per_map)
+    for lo in range(0, n_map, step):
+        f = fc[lo : lo + step]  # (P, n1, 3)
+        trans = f[:, t_inds, :] - s2fc[s2_t_ind]  # (P, T, 3)
+        moved = s2fc[None, None] + trans[:, :, None, :]  # (P, T, n2, 3)
+        d = moved[:, :, :, None, :] - f[:, None, None, :, :]  # (P, T, n2, n1, 3)
+        d = np.abs(d - np.round(d))
+        close = np.all(d <= tol[lo : lo + step, None, None, None, :], axis=-1) & allowed
+        out[lo : lo + step] = np.any(np.all(np.any(close, axis=-1), axis=-1), axis=-1)
+    return out
+
+
+def _from_parameters(params: np.ndarray) -> np.ndarray:
+    """``Lattice.from_parameters`` for a stack of (a, b, c, alpha, beta, gamma) rows."""
+    a, b, c = params[:, 0], params[:, 1], params[:, 2]
+    ang = np.radians(params[:, 3:])
+    cos, sin = np.cos(ang), np.sin(ang)
+    val = np.clip((cos[:, 0] * cos[:, 1] - cos[:, 2]) / (sin[:, 0] * sin[:, 1]), -1, 1)
+    gamma_star = np.arccos(val)
+    m = np.zeros((len(params), 3, 3))
+    m[:, 0, 0] = a * sin[:, 1]
+    m[:, 0, 2] = a * cos[:, 1]
+    m[:, 1, 0] = -b * sin[:, 0] * np.cos(gamma_star)
+    m[:, 1, 1] = b * sin[:, 0] * np.sin(gamma_star)
+    m[:, 1, 2] = b * cos[:, 0]
+    m[:, 2, 2] = c
+    return m
 
 
 def _species_gcd(structure: Structure) -> int:

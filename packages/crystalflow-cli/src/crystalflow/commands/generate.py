@@ -45,9 +45,13 @@ def register(app: typer.Typer) -> None:
     def generate_cmd(
         n: N_OPT = 1,
         out: OUT_OPT = Path("generated"),
-        num_atoms: Annotated[int | None, typer.Option(
-            "--num-atoms", help="Atoms per structure (default: drawn from the training "
-            "distribution).")] = None,
+        num_atoms: Annotated[
+            int | None,
+            typer.Option(
+                "--num-atoms",
+                help="Atoms per structure (default: drawn from the training distribution).",
+            ),
+        ] = None,
         condition: COND_OPT = None,
         pressure: PRESSURE_OPT = None,
         guidance: GUIDANCE_OPT = 1.0,
@@ -73,11 +77,27 @@ def register(app: typer.Typer) -> None:
         formation_energy_per_atom=-1.0 --guidance 2.0 -o gen/
         """
         run_command(
-            "generate", out, resume, fmt, quiet,
+            "generate",
+            out,
+            resume,
+            fmt,
+            quiet,
             only_resume=resume,
-            n=n, num_atoms=num_atoms, pressure=pressure, conditions=condition or [],
-            guidance=guidance, steps=steps, solver=solver, anti_annealing=anti_annealing,
-            seed=seed, device=device, batch_size=batch_size, checkpoint=checkpoint,
-            drop_closer_than=drop_closer_than, symmetrize=symmetrize, dedup=dedup, relax=relax,
+            n=n,
+            num_atoms=num_atoms,
+            pressure=pressure,
+            conditions=condition or [],
+            guidance=guidance,
+            steps=steps,
+            solver=solver,
+            anti_annealing=anti_annealing,
+            seed=seed,
+            device=device,
+            batch_size=batch_size,
+            checkpoint=checkpoint,
+            drop_closer_than=drop_closer_than,
+            symmetrize=symmetrize,
+            dedup=dedup,
+            relax=relax,
             symprec=symprec,
         )

@@ -42,6 +42,7 @@ def run_train(
     resume_dir: str | None = None,
     max_steps: int | None = None,
     epochs: int | None = None,
+    max_minutes: float | None = None,
     seed: int | None = None,
     overrides: list[str] | None = None,
     config_file: str | None = None,
@@ -72,9 +73,15 @@ def run_train(
         if given:
             raise ConfigError(
                 f"--resume continues a run with its saved configuration; {', '.join(given)} "
-                "cannot be combined with it (only --max-steps / --epochs)"
+                "cannot be combined with it (only --max-steps / --epochs / --max-minutes)"
             )
-        return resume(resume_dir, max_steps=max_steps, epochs=epochs, progress=progress)
+        return resume(
+            resume_dir,
+            max_steps=max_steps,
+            epochs=epochs,
+            max_minutes=max_minutes,
+            progress=progress,
+        )
     if out is None:
         raise ConfigError("--out RUN_DIR is required (or --resume RUN_DIR to continue a run)")
     if data is not None and train_file is not None:
@@ -90,6 +97,8 @@ def run_train(
         extra.append(f"train.max_steps={max_steps}")
     if epochs is not None:
         extra.append(f"train.epochs={epochs}")
+    if max_minutes is not None:
+        extra.append(f"train.max_minutes={max_minutes}")
     if seed is not None:
         extra.append(f"train.seed={seed}")
     if device is not None:
@@ -138,6 +147,10 @@ def register(app: typer.Typer) -> None:
             int | None, typer.Option(help="Stop after this many steps in total.")
         ] = None,
         epochs: Annotated[int | None, typer.Option(help="Number of epochs.")] = None,
+        max_minutes: Annotated[
+            float | None,
+            typer.Option(help="Wall-clock training budget in minutes (summed over resumes)."),
+        ] = None,
         seed: Annotated[int | None, typer.Option(help="Random seed (train.seed).")] = None,
         set_: Annotated[
             list[str] | None,
@@ -172,6 +185,7 @@ def register(app: typer.Typer) -> None:
                 resume_dir=resume_dir,
                 max_steps=max_steps,
                 epochs=epochs,
+                max_minutes=max_minutes,
                 seed=seed,
                 overrides=set_,
                 config_file=config,
