@@ -385,6 +385,7 @@ class CrystalFlow(nn.Module):
         guidance: float = 1.0,
         generator: torch.Generator | None = None,
         record: bool = False,
+        x0: dict[str, Tensor] | None = None,
     ) -> SampleBatch:
         """Generate crystals by integrating the learned flow from the priors.
 
@@ -410,6 +411,10 @@ class CrystalFlow(nn.Module):
             Seeds the prior draw (same seed -> same output).
         record : bool
             Keep the whole trajectory.
+        x0 : dict, optional
+            The prior state to integrate from (``"k"`` (B, 6), ``"F"`` (N, 3), and ``"A"`` (N, 28)
+            for DNG), e.g. drawn structure by structure so that outputs do not depend on how
+            crystals are batched; ``generator`` is then unused.
 
         Returns
         -------
@@ -469,10 +474,25 @@ class CrystalFlow(nn.Module):
             anti_annealing = CSP_ANTI_ANNEALING if self.mode == "csp" else 0.0
         gdev = generator.device if generator is not None else torch.device("cpu")
         batch_g = torch.repeat_interleave(torch.arange(b, device=gdev), na.to(gdev))
-        x0 = self.flow.sample_prior(
-            b, batch_g, generator=generator, device=gdev, dtype=torch.float32
-        )
-        x0 = {k: v.to(device) for k, v in x0.items()}
+        if x0 is None:
+            x0 = self.flow.sample_prior(
+                b, batch_g, generator=generator, device=gdev, dtype=torch.float32
+            )
+        else:
+            want = {"k": (b, 6), "F": (n, 3)}
+            if z is None:
+                want["A"] = (n, self.net.atom_dim) if hasattr(self.net, "atom_dim") else None
+            for name, shape in want.items():
+                got = x0.get(name)
+                if got is None:
+                    raise ValueError(f"x0 lacks component {name!r}")
+                if shape is not None and tuple(got.shape) != shape:
+                    raise ValueError(f"x0[{name!r}] has shape {tuple(got.shape)}, expected {shape}")
+        x0 = {
+            k: v.to(device=device, dtype=torch.float32)
+            for k, v in x0.items()
+            if k in self.flow.spaces
+        }
         batch = batch_g.to(device)
         graph = build_fully_connected_graph(batch, b)
         mask_off = torch.zeros(b, dtype=torch.bool, device=device)
