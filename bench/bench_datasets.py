@@ -24,7 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("path", nargs="?", default=str(REPO.parent / "shared/data/mp_20_partial/val.csv.gz"))
+    ap.add_argument(
+        "path", nargs="?", default=str(REPO.parent / "shared/data/mp_20_partial/val.csv.gz")
+    )
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--json", default=str(REPO / "bench/results/datasets.json"))
     args = ap.parse_args()

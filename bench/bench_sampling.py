@@ -37,8 +37,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, SHARED, machine, today  # noqa: E402
 
 # MP-20 training frequency of N = 1..20 (reference-facts section 6), for synthetic compositions
-MP20_HIST = [59, 572, 538, 4144, 1279, 2297, 572, 2119, 932, 2640, 361, 2624, 585, 1770, 390, 1819,
-             264, 1443, 287, 2441]
+MP20_HIST = [
+    59,
+    572,
+    538,
+    4144,
+    1279,
+    2297,
+    572,
+    2119,
+    932,
+    2640,
+    361,
+    2624,
+    585,
+    1770,
+    390,
+    1819,
+    264,
+    1443,
+    287,
+    2441,
+]
 SYNTH_ELEMENTS = [3, 8, 12, 14, 22, 26, 38, 56]
 
 
@@ -113,16 +133,27 @@ def case_model(args) -> dict:
 
     # warm-up on the first batch (allocator, kernels)
     b0 = batches[0]
-    model.sample(torch.tensor([j.num_atoms for j in b0]),
-                 torch.tensor([a for j in b0 for a in targets[j.target].atomic_numbers]), steps=2)
+    model.sample(
+        torch.tensor([j.num_atoms for j in b0]),
+        torch.tensor([a for j in b0 for a in targets[j.target].atomic_numbers]),
+        steps=2,
+    )
     times = [one_pass() for _ in range(args.repeats)]
     n = len(targets)
     return {
-        "case": "model", "model": args.model, "model_desc": desc, "dataset": args.dataset,
-        "source": source, "structures": n, "atoms": sum(len(c) for c in comps),
-        "batches": len(batches), "batch_atoms": args.batch_atoms, "steps": args.steps,
+        "case": "model",
+        "model": args.model,
+        "model_desc": desc,
+        "dataset": args.dataset,
+        "source": source,
+        "structures": n,
+        "atoms": sum(len(c) for c in comps),
+        "batches": len(batches),
+        "batch_atoms": args.batch_atoms,
+        "steps": args.steps,
         "params": sum(p.numel() for p in model.net.parameters()),
-        "seconds_min": round(min(times), 2), "seconds_median": round(statistics.median(times), 2),
+        "seconds_min": round(min(times), 2),
+        "seconds_median": round(statistics.median(times), 2),
         "structures_per_s_best": round(n / min(times), 2),
         "structures_per_s_median": round(n / statistics.median(times), 2),
         **peak_memory(dev),
@@ -143,15 +174,29 @@ def case_pipeline(args) -> dict:
     for _ in range(args.repeats):
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
-            out = crystalflow.sample(formula, n=100, model=model, steps=args.steps, device=dev,
-                                     seed=0, out=Path(tmp) / "out",
-                                     batch_size=args.batch_atoms)
+            out = crystalflow.sample(
+                formula,
+                n=100,
+                model=model,
+                steps=args.steps,
+                device=dev,
+                seed=0,
+                out=Path(tmp) / "out",
+                batch_size=args.batch_atoms,
+            )
             times.append(time.perf_counter() - t0)
             assert len(out) == 100
     return {
-        "case": "pipeline", "model": args.model, "model_desc": desc, "formula": formula,
-        "source": source, "structures": 100, "steps": args.steps, "batch_atoms": args.batch_atoms,
-        "seconds_min": round(min(times), 2), "seconds_median": round(statistics.median(times), 2),
+        "case": "pipeline",
+        "model": args.model,
+        "model_desc": desc,
+        "formula": formula,
+        "source": source,
+        "structures": 100,
+        "steps": args.steps,
+        "batch_atoms": args.batch_atoms,
+        "seconds_min": round(min(times), 2),
+        "seconds_median": round(statistics.median(times), 2),
         **peak_memory(dev),
     }
 
@@ -174,7 +219,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--models", default="compact,paper")
     ap.add_argument("--perov", type=int, default=200, help="Perov-5 compositions (compact model)")
-    ap.add_argument("--perov-paper", type=int, default=40, help="Perov-5 compositions (paper model)")
+    ap.add_argument(
+        "--perov-paper", type=int, default=40, help="Perov-5 compositions (paper model)"
+    )
     ap.add_argument("--mp20", type=int, default=200, help="MP-20 compositions (compact model)")
     ap.add_argument("--mp20-paper", type=int, default=40, help="MP-20 compositions (paper model)")
     ap.add_argument("--batch-atoms", type=int, default=None)
@@ -206,23 +253,44 @@ def main() -> None:
     if args.quick:
         args.steps, args.perov, args.mp20, args.repeats = 10, 20, 20, 1
         args.perov_paper, args.mp20_paper = 10, 10
-    common = ["--device", args.device, "--threads", str(args.threads), "--steps", str(args.steps),
-              "--batch-atoms", str(args.batch_atoms), "--repeats", str(args.repeats)]
+    common = [
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads),
+        "--steps",
+        str(args.steps),
+        "--batch-atoms",
+        str(args.batch_atoms),
+        "--repeats",
+        str(args.repeats),
+    ]
     results = []
     for model in args.models.split(","):
         n_mp20 = args.mp20 if model == "compact" else args.mp20_paper
         n_perov = args.perov if model == "compact" else args.perov_paper
-        results.append(run_case(["model", "--model", model, "--dataset", "perov5", "--count",
-                                 str(n_perov), *common]))
-        results.append(run_case(["model", "--model", model, "--dataset", "mp20", "--count",
-                                 str(n_mp20), *common]))
+        results.append(
+            run_case(
+                ["model", "--model", model, "--dataset", "perov5", "--count", str(n_perov), *common]
+            )
+        )
+        results.append(
+            run_case(
+                ["model", "--model", model, "--dataset", "mp20", "--count", str(n_mp20), *common]
+            )
+        )
         if model == "compact":
             results.append(run_case(["pipeline", "--model", model, *common]))
     entry = {
         "benchmark": "CSP sampling speed and peak memory (bench/bench_sampling.py)",
-        "device": args.device, "threads": args.threads, "steps": args.steps,
-        "results": results, "load_avg_1min_end": round(os.getloadavg()[0], 2),
-        "machine": machine(), "date": today(), "torch": torch.__version__,
+        "device": args.device,
+        "threads": args.threads,
+        "steps": args.steps,
+        "results": results,
+        "load_avg_1min_end": round(os.getloadavg()[0], 2),
+        "machine": machine(),
+        "date": today(),
+        "torch": torch.__version__,
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     }
     path = Path(args.json)

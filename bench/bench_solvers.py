@@ -48,9 +48,11 @@ def main() -> None:
     dev = torch.device(args.device)
     B, N = args.graphs, args.graphs * args.atoms
     g = torch.Generator(device=dev).manual_seed(0)
-    x0 = {"k": torch.randn(B, 6, device=dev, generator=g),
-          "F": torch.rand(N, 3, device=dev, generator=g),
-          "A": torch.randn(N, 28, device=dev, generator=g)}
+    x0 = {
+        "k": torch.randn(B, 6, device=dev, generator=g),
+        "F": torch.rand(N, 3, device=dev, generator=g),
+        "A": torch.randn(N, 28, device=dev, generator=g),
+    }
     v = {n: 0.01 * torch.randn(x.shape, device=dev, generator=g) for n, x in x0.items()}
     spaces = {"k": fc.Euclidean(), "F": fc.FlatTorus(), "A": fc.Euclidean()}
     anneal = fc.AntiAnnealing(5.0)
@@ -63,15 +65,25 @@ def main() -> None:
         x = dict(x0)
         for i in range(1, STEPS + 1):
             s = anneal(i / STEPS)
-            x = {"k": x["k"] + v["k"] / STEPS,
-                 "F": torch.remainder(x["F"] + v["F"] * s / STEPS, 1.0),
-                 "A": x["A"] + v["A"] / STEPS}
+            x = {
+                "k": x["k"] + v["k"] / STEPS,
+                "F": torch.remainder(x["F"] + v["F"] * s / STEPS, 1.0),
+                "A": x["A"] + v["A"] / STEPS,
+            }
         return x
 
     def flowcore(check: str):
-        return lambda: fc.integrate(lambda t, s: v, x0, spaces=spaces, steps=STEPS,
-                                    time_grid="end", velocity_scale={"F": anneal},
-                                    check_finite=check).state
+        return lambda: (
+            fc.integrate(
+                lambda t, s: v,
+                x0,
+                spaces=spaces,
+                steps=STEPS,
+                time_grid="end",
+                velocity_scale={"F": anneal},
+                check_finite=check,
+            ).state
+        )
 
     names = list(x0)
 
@@ -79,18 +91,34 @@ def main() -> None:
         def f(t, y):  # torchdiffeq evaluates at the interval start: shift to the "end" grid
             return tuple(v[n] * (anneal(float(t) + 1 / STEPS) if n == "F" else 1.0) for n in names)
 
-        ys = odeint(f, tuple(x0[n] for n in names),
-                    torch.linspace(0, 1, STEPS + 1, device=dev), method="euler")
-        return {n: (fc.wrap_unit(y[-1]) if n == "F" else y[-1]) for n, y in zip(names, ys, strict=True)}
+        ys = odeint(
+            f,
+            tuple(x0[n] for n in names),
+            torch.linspace(0, 1, STEPS + 1, device=dev),
+            method="euler",
+        )
+        return {
+            n: (fc.wrap_unit(y[-1]) if n == "F" else y[-1]) for n, y in zip(names, ys, strict=True)
+        }
 
-    cases = {"hand": hand, "flowcore_deferred_check": flowcore("deferred"),
-             "flowcore_no_check": flowcore("off"), "torchdiffeq_euler": tde}
+    cases = {
+        "hand": hand,
+        "flowcore_deferred_check": flowcore("deferred"),
+        "flowcore_no_check": flowcore("off"),
+        "torchdiffeq_euler": tde,
+    }
     outs = {name: fn() for name, fn in cases.items()}  # warm-up, and all cases agree
     for name, out in outs.items():
         for n in names:
-            d = fc.FlatTorus().log(out[n], outs["hand"][n]) if n == "F" else out[n] - outs["hand"][n]
+            d = (
+                fc.FlatTorus().log(out[n], outs["hand"][n])
+                if n == "F"
+                else out[n] - outs["hand"][n]
+            )
             if float(d.abs().max()) > 1e-4:
-                raise SystemExit(f"{name} disagrees with the hand loop on {n}: {float(d.abs().max())}")
+                raise SystemExit(
+                    f"{name} disagrees with the hand loop on {n}: {float(d.abs().max())}"
+                )
     times: dict[str, list[float]] = {k: [] for k in cases}
     for _ in range(args.repeats):
         for name, fn in cases.items():  # interleaved, so load changes hit all cases alike
@@ -100,7 +128,10 @@ def main() -> None:
             sync()
             times[name].append((time.perf_counter() - t0) / STEPS * 1e6)
     res = {
-        name: {"us_per_step_min": round(min(ts), 1), "us_per_step_median": round(statistics.median(ts), 1)}
+        name: {
+            "us_per_step_min": round(min(ts), 1),
+            "us_per_step_median": round(statistics.median(ts), 1),
+        }
         for name, ts in times.items()
     }
     base = res["hand"]["us_per_step_min"]

@@ -35,15 +35,20 @@ def parse_grid(items: list[str]) -> list[tuple[str, int]]:
     for item in items:
         solver, _, steps = item.partition(":")
         if solver not in STAGES or not steps:
-            raise SystemExit(f"--grid {item!r}: expected SOLVER:S1,S2,... with SOLVER in {list(STAGES)}")
+            raise SystemExit(
+                f"--grid {item!r}: expected SOLVER:S1,S2,... with SOLVER in {list(STAGES)}"
+            )
         out += [(solver, int(s)) for s in steps.split(",")]
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dataset-dir", default=str(SHARED / "mp_20_partial"),
-                    help="folder with test.csv.gz (default: ../shared/data/mp_20_partial)")
+    ap.add_argument(
+        "--dataset-dir",
+        default=str(SHARED / "mp_20_partial"),
+        help="folder with test.csv.gz (default: ../shared/data/mp_20_partial)",
+    )
     ap.add_argument("--checkpoint", default="default", help="'default' or a checkpoint path")
     ap.add_argument("--subset", type=int, default=1000, help="test targets (fixed seed)")
     ap.add_argument("--grid", nargs="+", default=DEFAULT_GRID, help="SOLVER:S1,S2,... entries")

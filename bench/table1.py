@@ -65,7 +65,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", choices=sorted(DATASETS), required=True)
     ap.add_argument("--data", type=Path, help="dataset folder (default: ../shared/data/<dataset>)")
-    ap.add_argument("--checkpoint", help="skip training: a run dir, a .safetensors file or 'default'")
+    ap.add_argument(
+        "--checkpoint", help="skip training: a run dir, a .safetensors file or 'default'"
+    )
     ap.add_argument("--preset", help="training preset (default: the dataset's)")
     ap.add_argument("--epochs", type=int, help="training budget in epochs")
     ap.add_argument("--max-steps", type=int, help="training budget in optimiser steps")

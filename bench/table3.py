@@ -31,7 +31,9 @@ PAPER_NOTE = "paper Table 3 (CrystalFlow, MP-20): see ../shared/seeds/000_*.txt"
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=SHARED / "mp_20_partial")
-    ap.add_argument("--train-file", type=Path, help="training split (default: DATA/train_partial.csv.gz)")
+    ap.add_argument(
+        "--train-file", type=Path, help="training split (default: DATA/train_partial.csv.gz)"
+    )
     ap.add_argument("--checkpoint", help="skip training: a DNG run dir or .safetensors file")
     ap.add_argument("--preset", default="mp20-dng")
     ap.add_argument("--epochs", type=int)
@@ -41,7 +43,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--hull", type=Path, help="hull reference for stability / S.U.N. (needs chgnet)")
+    ap.add_argument(
+        "--hull", type=Path, help="hull reference for stability / S.U.N. (needs chgnet)"
+    )
     ap.add_argument("--out", type=Path, default=REPO / "bench/results/table3-mp20")
     args = ap.parse_args()
 

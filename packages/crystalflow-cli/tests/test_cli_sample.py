@@ -46,8 +46,13 @@ def invoke(*args):
 
 def crystalflow_cmd(*args, **kw):
     """The real entry point in a subprocess (``python -m crystalflow.cli``)."""
-    return subprocess.run([sys.executable, "-m", "crystalflow.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=120, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "crystalflow.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        **kw,
+    )
 
 
 def assert_one_line_error(result, out_dir, match):
@@ -62,8 +67,21 @@ def assert_one_line_error(result, out_dir, match):
 # ------------------------------------------------------------------------------- the contract
 @pytest.mark.slow
 def test_contract_sio2_nine_atoms_same_seed_same_structures(tmp_path, ckpt):
-    args = ["sample", "--formula", "SiO2", "--num-atoms", 9, "-n", 4, "--seed", 0,
-            "--checkpoint", ckpt, "--steps", 10]  # the contract's command; few steps for speed
+    args = [
+        "sample",
+        "--formula",
+        "SiO2",
+        "--num-atoms",
+        9,
+        "-n",
+        4,
+        "--seed",
+        0,
+        "--checkpoint",
+        ckpt,
+        "--steps",
+        10,
+    ]  # the contract's command; few steps for speed
     r = crystalflow_cmd(*args, "-o", tmp_path / "a")  # the real entry point
     assert r.returncode == 0, r.stderr
     r = invoke(*args, "-o", tmp_path / "b", "-q")  # the same command again
@@ -79,13 +97,40 @@ def test_contract_sio2_nine_atoms_same_seed_same_structures(tmp_path, ckpt):
 
 
 def test_formula_units_and_own_counts(tmp_path, ckpt):
-    r = invoke("sample", "-f", "SiO2", "--formula-units", 3, "-n", 2, "-o", tmp_path / "z",
-               "--checkpoint", ckpt, "--steps", STEPS, "-q")
+    r = invoke(
+        "sample",
+        "-f",
+        "SiO2",
+        "--formula-units",
+        3,
+        "-n",
+        2,
+        "-o",
+        tmp_path / "z",
+        "--checkpoint",
+        ckpt,
+        "--steps",
+        STEPS,
+        "-q",
+    )
     assert r.exit_code == 0, r.output
     assert {Structure.from_file(f).composition for f in (tmp_path / "z").glob("*.cif")} == {
-        Composition("Si3O6")}
-    r = invoke("sample", "-f", "Si2O4", "-n", 1, "-o", tmp_path / "own", "--checkpoint", ckpt,
-               "--steps", STEPS, "-q")
+        Composition("Si3O6")
+    }
+    r = invoke(
+        "sample",
+        "-f",
+        "Si2O4",
+        "-n",
+        1,
+        "-o",
+        tmp_path / "own",
+        "--checkpoint",
+        ckpt,
+        "--steps",
+        STEPS,
+        "-q",
+    )
     assert r.exit_code == 0, r.output
     (f,) = (tmp_path / "own").glob("*.cif")
     assert Structure.from_file(f).composition == Composition("Si2O4")
@@ -96,8 +141,22 @@ def test_different_seed_different_structures(tmp_path, ckpt):
     texts = []
     for seed in (0, 1):
         out = tmp_path / str(seed)
-        r = invoke("sample", "-f", "NaCl", "-n", 1, "--seed", seed, "-o", out, "--checkpoint", ckpt,
-                   "--steps", STEPS, "-q")
+        r = invoke(
+            "sample",
+            "-f",
+            "NaCl",
+            "-n",
+            1,
+            "--seed",
+            seed,
+            "-o",
+            out,
+            "--checkpoint",
+            ckpt,
+            "--steps",
+            STEPS,
+            "-q",
+        )
         assert r.exit_code == 0
         texts.append((out / "Na1Cl1_000.cif").read_text())
     assert texts[0] != texts[1]
@@ -111,8 +170,24 @@ def test_same_seed_same_structures_whatever_the_batch_size(tmp_path, ckpt):
     outs = []
     for bs in (5, 200):
         out = tmp_path / f"bs{bs}"
-        r = invoke("sample", "-f", "SrTiO3", "-n", 6, "--seed", 3, "--batch-size", bs, "-o", out,
-                   "--checkpoint", ckpt, "--steps", STEPS, "-q")
+        r = invoke(
+            "sample",
+            "-f",
+            "SrTiO3",
+            "-n",
+            6,
+            "--seed",
+            3,
+            "--batch-size",
+            bs,
+            "-o",
+            out,
+            "--checkpoint",
+            ckpt,
+            "--steps",
+            STEPS,
+            "-q",
+        )
         assert r.exit_code == 0, r.output
         outs.append({f.name: Structure.from_file(f) for f in sorted(out.glob("*.cif"))})
     assert outs[0].keys() == outs[1].keys() and len(outs[0]) == 6
@@ -165,8 +240,22 @@ def test_bad_formula_through_the_entry_point(tmp_path, ckpt):
 
 def test_condition_outside_training_range_is_a_warning(tmp_path, cond_ckpt):
     out = tmp_path / "out"
-    r = invoke("sample", "-f", "NaCl", "--pressure", 100, "-n", 1, "-o", out, "--checkpoint",
-               cond_ckpt, "--steps", STEPS, "-q")
+    r = invoke(
+        "sample",
+        "-f",
+        "NaCl",
+        "--pressure",
+        100,
+        "-n",
+        1,
+        "-o",
+        out,
+        "--checkpoint",
+        cond_ckpt,
+        "--steps",
+        STEPS,
+        "-q",
+    )
     assert r.exit_code == 0, r.output
     assert "Warning: pressure=100 is outside the training range [0, 20]" in r.stderr
     assert len(list(out.glob("*.cif"))) == 1
@@ -224,7 +313,9 @@ def test_checkpoint_from_the_environment(tmp_path, ckpt, monkeypatch):
 def test_unwritable_output_folder(tmp_path, ckpt):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    r = invoke("sample", "-f", "NaCl", "-o", blocker / "out", "--checkpoint", ckpt, "--steps", STEPS)
+    r = invoke(
+        "sample", "-f", "NaCl", "-o", blocker / "out", "--checkpoint", ckpt, "--steps", STEPS
+    )
     assert_one_line_error(r, blocker / "out", "is a file, not a folder")
     r = invoke("sample", "-f", "NaCl", "-o", blocker, "--checkpoint", ckpt, "--steps", STEPS)
     assert r.exit_code != 0 and "exists and is not a folder" in r.stderr
@@ -249,8 +340,22 @@ def test_from_csv_writes_candidates_for_evaluate(tmp_path, ckpt):
     structs = example_structures()
     targets = write_cdvae_csv(tmp_path / "test.csv.gz", structs, ["mp-a", "mp-b", "mp-c"], gz=True)
     out = tmp_path / "csp"
-    r = invoke("sample", "--from-csv", targets, "-n", 3, "-o", out, "--checkpoint", ckpt,
-               "--steps", STEPS, "--batch-size", 11, "-q")
+    r = invoke(
+        "sample",
+        "--from-csv",
+        targets,
+        "-n",
+        3,
+        "-o",
+        out,
+        "--checkpoint",
+        ckpt,
+        "--steps",
+        STEPS,
+        "--batch-size",
+        11,
+        "-q",
+    )
     assert r.exit_code == 0, r.output
     with open(out / "candidates.csv") as fh:
         reader = csv.reader(fh)
@@ -291,8 +396,9 @@ def test_resume_alone_completes_an_interrupted_run(tmp_path, ckpt):
     from test_outputs import interrupt_after
 
     out = tmp_path / "o"
-    p = sampling.prepare("sample", formula="NaCl", n=5, batch_size=2, steps=STEPS, device="cpu",
-                         checkpoint=ckpt)
+    p = sampling.prepare(
+        "sample", formula="NaCl", n=5, batch_size=2, steps=STEPS, device="cpu", checkpoint=ckpt
+    )
     with pytest.raises(KeyboardInterrupt):
         sampling.execute(p, out, progress=interrupt_after(2))
     assert len(list(out.glob("*.cif"))) == 2
@@ -304,13 +410,30 @@ def test_resume_alone_completes_an_interrupted_run(tmp_path, ckpt):
 
 @pytest.mark.slow
 def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_result(tmp_path, ckpt):
-    args = ["sample", "-f", "SrTiO3", "-n", 12, "--batch-size", 5, "--steps", 4, "--seed", 2,
-            "--checkpoint", ckpt, "-q"]
+    args = [
+        "sample",
+        "-f",
+        "SrTiO3",
+        "-n",
+        12,
+        "--batch-size",
+        5,
+        "--steps",
+        4,
+        "--seed",
+        2,
+        "--checkpoint",
+        ckpt,
+        "-q",
+    ]
     full = tmp_path / "full"
     assert invoke(*args, "-o", full).exit_code == 0
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "crystalflow.cli", *map(str, args), "-o", out],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "crystalflow.cli", *map(str, args), "-o", out],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and len(list((out / ".parts").glob("batch_*.npz"))) < 2:
         if proc.poll() is not None:

@@ -9,8 +9,22 @@ from pymatgen.core import Composition
 
 @pytest.mark.parametrize(
     "formula",
-    ["SiO2", "NaCl", "Ca(OH)2", "Fe2(SO4)3", "[Co(NH3)6]Cl3", "CH3COOH", "LiFePO4", "Si3O6",
-     "Mg2SiO4", "K4[Fe(CN)6]", "Ba2YCu3O7", "H2O", "U", "Al2(SiO4)O"],
+    [
+        "SiO2",
+        "NaCl",
+        "Ca(OH)2",
+        "Fe2(SO4)3",
+        "[Co(NH3)6]Cl3",
+        "CH3COOH",
+        "LiFePO4",
+        "Si3O6",
+        "Mg2SiO4",
+        "K4[Fe(CN)6]",
+        "Ba2YCu3O7",
+        "H2O",
+        "U",
+        "Al2(SiO4)O",
+    ],
 )
 def test_counts_agree_with_pymatgen(formula):
     ours = parse_formula(formula)
@@ -68,12 +82,17 @@ def test_case_matters():
 @given(
     groups=st.lists(
         st.tuples(
-            st.dictionaries(st.sampled_from(["H", "Li", "O", "Si", "Fe", "Na", "Cl", "Zr"]),
-                            st.integers(1, 12), min_size=1, max_size=3),
+            st.dictionaries(
+                st.sampled_from(["H", "Li", "O", "Si", "Fe", "Na", "Cl", "Zr"]),
+                st.integers(1, 12),
+                min_size=1,
+                max_size=3,
+            ),
             st.integers(1, 4),
             st.booleans(),
         ),
-        min_size=1, max_size=4,
+        min_size=1,
+        max_size=4,
     )
 )
 def test_generated_formulas_roundtrip(groups):

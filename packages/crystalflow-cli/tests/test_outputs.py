@@ -38,8 +38,11 @@ def interrupt_after(batches):
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()
-            and p.name not in (MANIFEST, "summary.json")}
+    return {
+        p.name: p.read_bytes()
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name not in (MANIFEST, "summary.json")
+    }
 
 
 def test_folder_contents_are_consistent(tmp_path):
@@ -47,8 +50,9 @@ def test_folder_contents_are_consistent(tmp_path):
     targets = tmp_path / "t.csv"
     targets.write_text("material_id,formula,n\nm1,NaCl,3\nm2,SrTiO3,2\n")
     out = tmp_path / "out"
-    res = sampling.execute(prepared(m, from_csv=targets, n=1, batch_size=7), out,
-                           formats=["cif", "poscar", "extxyz"])
+    res = sampling.execute(
+        prepared(m, from_csv=targets, n=1, batch_size=7), out, formats=["cif", "poscar", "extxyz"]
+    )
     names = sorted(p.name for p in out.iterdir())
     ids = ["m1_000", "m1_001", "m1_002", "m2_000", "m2_001"]
     for i in ids:
@@ -70,7 +74,9 @@ def test_folder_contents_are_consistent(tmp_path):
         np.testing.assert_allclose(s.lattice.abc, z["lengths"][i], rtol=1e-6)
         np.testing.assert_allclose(s.lattice.abc, [float(rows[i][k]) for k in "abc"], rtol=1e-6)
         assert float(rows[i]["volume"]) == pytest.approx(s.volume, rel=1e-6)
-        assert sorted(s.atomic_numbers) == sorted(z["atomic_numbers"][offs[i]:offs[i + 1]].tolist())
+        assert sorted(s.atomic_numbers) == sorted(
+            z["atomic_numbers"][offs[i] : offs[i + 1]].tolist()
+        )
         np.testing.assert_allclose(np.abs(np.linalg.det(z["lattices"][i])), s.volume, rtol=1e-6)
         assert rows[i]["spacegroup_number"] != "" and float(rows[i]["symprec"]) == 0.1
         assert rows[i]["valid_structure"] in ("True", "False")
@@ -97,8 +103,7 @@ def test_interrupted_run_keeps_finished_batches_and_resume_completes_it(tmp_path
 
     part = tmp_path / "part"
     with pytest.raises(KeyboardInterrupt):
-        sampling.execute(prepared(m, **kw), part, progress=interrupt_after(2),
-                         assemble_every=1e9)
+        sampling.execute(prepared(m, **kw), part, progress=interrupt_after(2), assemble_every=1e9)
     manifest = read_manifest(part)
     assert manifest["complete"] is False and manifest["num_batches"] == 4
     assert len(list((part / PARTS).glob("batch_*.npz"))) == 2
@@ -136,8 +141,9 @@ def test_resume_from_the_manifest_alone(tmp_path):
     m = tiny_model()
     out = tmp_path / "o"
     with pytest.raises(KeyboardInterrupt):
-        sampling.execute(prepared(m, formula="NaCl", n=4, batch_size=2), out,
-                         progress=interrupt_after(1))
+        sampling.execute(
+            prepared(m, formula="NaCl", n=4, batch_size=2), out, progress=interrupt_after(1)
+        )
     p = sampling.prepare_resume(out, device="cpu", model=m)
     assert p.targets[0].id == "Na1Cl1" and p.options.batch_size == 2 and p.options.steps == STEPS
     res = sampling.execute(p, out, resume=True)
@@ -148,8 +154,9 @@ def test_resume_with_other_options_is_refused(tmp_path):
     m = tiny_model()
     out = tmp_path / "o"
     with pytest.raises(KeyboardInterrupt):
-        sampling.execute(prepared(m, formula="NaCl", n=4, batch_size=2), out,
-                         progress=interrupt_after(1))
+        sampling.execute(
+            prepared(m, formula="NaCl", n=4, batch_size=2), out, progress=interrupt_after(1)
+        )
     with pytest.raises(OutputError, match="different 'options'"):
         sampling.execute(prepared(m, formula="NaCl", n=4, batch_size=2, seed=9), out, resume=True)
     with pytest.raises(OutputError, match="different 'targets'"):
@@ -169,8 +176,12 @@ def test_postprocessing_in_the_outputs(tmp_path):
     m = tiny_model()
     out = tmp_path / "o"
     # random weights give overlapping atoms: a large threshold drops all but the spread ones
-    res = sampling.execute(prepared(m, formula="SiO2", num_atoms=6, n=6, drop_closer_than=50.0,
-                                    symmetrize=True, dedup=True), out)
+    res = sampling.execute(
+        prepared(
+            m, formula="SiO2", num_atoms=6, n=6, drop_closer_than=50.0, symmetrize=True, dedup=True
+        ),
+        out,
+    )
     rows = res.rows
     assert len(rows) == 6 and all(not r["kept"] for r in rows)
     assert all(r["dropped_reason"] == "min_distance<50" for r in rows)

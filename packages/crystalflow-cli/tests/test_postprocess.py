@@ -23,7 +23,9 @@ from pymatgen.core import Lattice, Structure
 
 
 def rocksalt(a=5.64, primitive=True):
-    s = Structure.from_spacegroup("Fm-3m", Lattice.cubic(a), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    s = Structure.from_spacegroup(
+        "Fm-3m", Lattice.cubic(a), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]
+    )
     return s.get_primitive_structure() if primitive else s
 
 
@@ -89,7 +91,9 @@ def test_validity_flags_by_hand():
 def test_composition_validity_flag():
     pytest.importorskip("smact")
     assert structure_validity(rocksalt())["valid_composition"] is True
-    nacl2 = Structure(Lattice.cubic(5.0), ["Na", "Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0.5, 0.5]])
+    nacl2 = Structure(
+        Lattice.cubic(5.0), ["Na", "Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0.5, 0.5]]
+    )
     assert structure_validity(nacl2)["valid_composition"] is False  # Na2Cl is not charge-neutral
 
 
@@ -131,7 +135,11 @@ def test_deduplicator_matches_equivalent_structures():
     assert dedup.check(s, "a", group="t0") is None
     moved = s.copy()
     moved.translate_sites(list(range(len(moved))), [0.3, 0.1, 0.2])  # a shifted origin
-    moved.apply_operation(__import__("pymatgen.core.operations", fromlist=["x"]).SymmOp.from_axis_angle_and_translation([0, 0, 1], 30))
+    moved.apply_operation(
+        __import__(
+            "pymatgen.core.operations", fromlist=["x"]
+        ).SymmOp.from_axis_angle_and_translation([0, 0, 1], 30)
+    )
     assert dedup.check(moved, "b", group="t0") == "a"
     # another target: not compared
     assert dedup.check(moved, "c", group="t1") is None

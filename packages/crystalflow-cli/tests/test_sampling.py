@@ -46,8 +46,17 @@ STEPS = 4
 def tiny_model(mode="csp", conditions=(), cond_drop_prob=0.0, hist=None, seed=0):
     """A random-weight CrystalFlow small enough for fast CPU tests."""
     torch.manual_seed(seed)
-    cfg = ModelConfig(mode=mode, hidden=16, num_layers=1, time_dim=8, num_freqs=4, num_millers=2,
-                      max_atoms=MAX_ATOMS, conditions=list(conditions), cond_drop_prob=cond_drop_prob)
+    cfg = ModelConfig(
+        mode=mode,
+        hidden=16,
+        num_layers=1,
+        time_dim=8,
+        num_freqs=4,
+        num_millers=2,
+        max_atoms=MAX_ATOMS,
+        conditions=list(conditions),
+        cond_drop_prob=cond_drop_prob,
+    )
     if hist is None:
         hist = [0] + [1] * MAX_ATOMS
     norm = {c: (10.0, 5.0) for c in conditions}
@@ -77,11 +86,23 @@ def write_cdvae_csv(path, structures, ids, extra=None, gz=False):
 
 def example_structures():
     nacl = Structure(Lattice.cubic(5.6), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
-    tio2 = Structure(Lattice.tetragonal(4.6, 3.0), ["Ti", "Ti", "O", "O", "O", "O"],
-                     [[0, 0, 0], [0.5, 0.5, 0.5], [0.3, 0.3, 0], [0.7, 0.7, 0],
-                      [0.8, 0.2, 0.5], [0.2, 0.8, 0.5]])
-    srtio3 = Structure(Lattice.cubic(3.9), ["Sr", "Ti", "O", "O", "O"],
-                       [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    tio2 = Structure(
+        Lattice.tetragonal(4.6, 3.0),
+        ["Ti", "Ti", "O", "O", "O", "O"],
+        [
+            [0, 0, 0],
+            [0.5, 0.5, 0.5],
+            [0.3, 0.3, 0],
+            [0.7, 0.7, 0],
+            [0.8, 0.2, 0.5],
+            [0.2, 0.8, 0.5],
+        ],
+    )
+    srtio3 = Structure(
+        Lattice.cubic(3.9),
+        ["Sr", "Ti", "O", "O", "O"],
+        [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]],
+    )
     return [nacl, tio2, srtio3]
 
 
@@ -103,7 +124,8 @@ def test_plan_covers_every_job_once_within_budget(sizes, counts, budget):
     batches = plan_batches(targets, budget)
     jobs = [j for b in batches for j in b]
     assert sorted((j.target, j.candidate) for j in jobs) == sorted(
-        (i, c) for i, t in enumerate(targets) for c in range(t.count))
+        (i, c) for i, t in enumerate(targets) for c in range(t.count)
+    )
     for b in batches:
         atoms = sum(j.num_atoms for j in b)
         assert atoms <= budget or len(b) == 1
@@ -138,10 +160,18 @@ def test_formula_target_cell_content():
 
 
 def test_parse_conditions():
-    assert parse_conditions(["pressure=10", "band_gap = 1.5"]) == {"pressure": 10.0, "band_gap": 1.5}
+    assert parse_conditions(["pressure=10", "band_gap = 1.5"]) == {
+        "pressure": 10.0,
+        "band_gap": 1.5,
+    }
     assert parse_conditions([], pressure=3.0) == {"pressure": 3.0}
-    for bad, match in [(["pressure"], "key=value"), (["p=abc"], "not a number"),
-                       (["p=1", "p=2"], "twice"), (["=1"], "empty"), (["p=nan"], "finite")]:
+    for bad, match in [
+        (["pressure"], "key=value"),
+        (["p=abc"], "not a number"),
+        (["p=1", "p=2"], "twice"),
+        (["=1"], "empty"),
+        (["p=nan"], "finite"),
+    ]:
         with pytest.raises(SamplingError, match=match):
             parse_conditions(bad)
     with pytest.raises(SamplingError, match="twice"):
@@ -163,10 +193,16 @@ def test_dng_target_draws_sizes_from_the_histogram():
 
 def test_targets_from_cdvae_csv(tmp_path):
     structs = example_structures()
-    path = write_cdvae_csv(tmp_path / "test.csv.gz", structs, ["mp-1", "mp-2", "mp-3"],
-                           extra={"pressure": [1.0, "", 30.0], "num_evals": [2, 3, ""]}, gz=True)
-    targets = targets_from_csv(path, n=5, conditions={"pressure": 7.0}, condition_names=["pressure"],
-                               workers=1)
+    path = write_cdvae_csv(
+        tmp_path / "test.csv.gz",
+        structs,
+        ["mp-1", "mp-2", "mp-3"],
+        extra={"pressure": [1.0, "", 30.0], "num_evals": [2, 3, ""]},
+        gz=True,
+    )
+    targets = targets_from_csv(
+        path, n=5, conditions={"pressure": 7.0}, condition_names=["pressure"], workers=1
+    )
     assert [t.id for t in targets] == ["mp-1", "mp-2", "mp-3"]
     for t, s in zip(targets, structs, strict=True):
         assert Counter(t.atomic_numbers) == Counter(site.specie.Z for site in s)
@@ -213,12 +249,17 @@ def test_checks_against_the_checkpoint():
     m = tiny_model()
     ok = [Target("Si3O6", (14, 14, 14, 8, 8, 8, 8, 8, 8), 1)]
     assert check_targets(m, ok, opts)[1] == []
-    with pytest.raises(SamplingError, match=r"element\(s\) Xe, Ba are not in the model's element set"):
+    with pytest.raises(
+        SamplingError, match=r"element\(s\) Xe, Ba are not in the model's element set"
+    ):
         check_targets(m, [Target("x", (56, 54, 8), 1)], opts)
     with pytest.raises(SamplingError, match="13 atoms exceed the model's limit of 12"):
         check_targets(m, [Target("x", (8,) * 13, 1)], opts)
-    with pytest.raises(SamplingError, match="'pressure' is not one the checkpoint was trained with "
-                                            r"\(it was trained without conditions\)"):
+    with pytest.raises(
+        SamplingError,
+        match="'pressure' is not one the checkpoint was trained with "
+        r"\(it was trained without conditions\)",
+    ):
         check_targets(m, [Target("x", (8,), 1, {"pressure": 1.0})], opts)
     with pytest.raises(SamplingError, match="DNG"):
         check_targets(m, ok, opts, mode="dng")
@@ -234,11 +275,16 @@ def test_condition_checks():
     assert len(warns) == 1 and "pressure=25 is outside the training range [0, 20]" in warns[0]
     assert check_targets(m, [Target("x", z, 1, {"pressure": 5.0})], opts)[1] == []
     # unique prefix resolves to the checkpoint's name
-    assert check_targets(m, [Target("x", z, 1, {"press": 5.0})], opts)[0][0].conditions == {"pressure": 5.0}
+    assert check_targets(m, [Target("x", z, 1, {"press": 5.0})], opts)[0][0].conditions == {
+        "pressure": 5.0
+    }
     with pytest.raises(SamplingError, match="conditioned on pressure.*--condition pressure=VALUE"):
         check_targets(m, [Target("x", z, 1)], opts)
-    with pytest.raises(SamplingError, match="'band_gap' is not one the checkpoint was trained with "
-                                            r"\(it knows: pressure\)"):
+    with pytest.raises(
+        SamplingError,
+        match="'band_gap' is not one the checkpoint was trained with "
+        r"\(it knows: pressure\)",
+    ):
         check_targets(m, [Target("x", z, 1, {"band_gap": 1.0})], opts)
     with pytest.raises(SamplingError, match="condition dropout"):
         check_targets(m, [Target("x", z, 1, {"pressure": 5.0})], SamplingOptions(guidance=2.0))
@@ -250,9 +296,14 @@ def test_condition_checks():
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"steps": 0}, "--steps"), ({"solver": "leapfrog"}, "--solver"),
-     ({"anti_annealing": -1.0}, "--anti-annealing"), ({"seed": -1}, "--seed"),
-     ({"batch_size": 0}, "--batch-size"), ({"guidance": float("inf")}, "--guidance")],
+    [
+        ({"steps": 0}, "--steps"),
+        ({"solver": "leapfrog"}, "--solver"),
+        ({"anti_annealing": -1.0}, "--anti-annealing"),
+        ({"seed": -1}, "--seed"),
+        ({"batch_size": 0}, "--batch-size"),
+        ({"guidance": float("inf")}, "--guidance"),
+    ],
 )
 def test_bad_options(kwargs, match):
     with pytest.raises(SamplingError, match=match):
@@ -294,10 +345,12 @@ def test_sample_many_sizes_in_one_run(tmp_path):
     path.write_text("formula,n\nNaCl,3\nSrTiO3,2\nLi2O,2\nMgSiO3,1\n")
     out = run_api(m, from_csv=path, n=1, batch_size=10)
     assert [s.properties["target_id"] for s in out] == ["Na1Cl1"] * 3 + ["Sr1Ti1O3"] * 2 + [
-        "Li2O1"] * 2 + ["Mg1Si1O3"]
+        "Li2O1"
+    ] * 2 + ["Mg1Si1O3"]
     assert [s.properties["candidate"] for s in out] == [0, 1, 2, 0, 1, 0, 1, 0]
     assert [s.composition.reduced_formula for s in out] == ["NaCl"] * 3 + ["SrTiO3"] * 2 + [
-        "Li2O"] * 2 + ["MgSiO3"]
+        "Li2O"
+    ] * 2 + ["MgSiO3"]
 
 
 def test_conditional_sampling_uses_the_condition():
@@ -379,6 +432,7 @@ def test_csv_condition_column_and_a_prefix_default(tmp_path):
     m = tiny_model(conditions=["pressure"])
     path = tmp_path / "t.csv"
     path.write_text("formula,pressure\nNaCl,1.0\nLi2O,\n")
-    p = sampling.prepare("sample", from_csv=path, n=1, conditions={"press": 7.0}, model=m,
-                         steps=STEPS, device="cpu")
+    p = sampling.prepare(
+        "sample", from_csv=path, n=1, conditions={"press": 7.0}, model=m, steps=STEPS, device="cpu"
+    )
     assert [t.conditions for t in p.targets] == [{"pressure": 1.0}, {"pressure": 7.0}]

@@ -103,6 +103,35 @@ def test_dng_and_conditional_training_run(tmp_path):
         model.sample_num_atoms(2), conditions={"heat_ref": 0.5}, guidance=1.5, steps=2
     )
     assert len(out.to_crystals()) == 2
+    # the training range of the condition travels with the checkpoint (sampling warns outside it)
+    import csv
+    import gzip
+
+    with gzip.open(PEROV / "train.csv.gz", "rt", newline="") as fh:
+        values = [float(r["heat_ref"]) for r in csv.DictReader(fh)]
+    assert model.condition_ranges["heat_ref"] == pytest.approx((min(values), max(values)))
+
+
+def test_max_minutes_stops_and_snapshots_are_kept(tmp_path):
+    out = tmp_path / "r"
+    # a budget far below one epoch of this run: stops mid-epoch, resumable
+    res = train(
+        tiny("train.epochs=1000", "train.max_minutes=0.002", "train.snapshot_every_minutes=0.0005"),
+        out,
+        progress=False,
+    )
+    assert res.stopped == "max_minutes" and res.step > 0 and res.epoch < 1000
+    _, meta = load_train_state(out / "state_last.safetensors")
+    assert meta["wall_s"] >= 0.12
+    snaps = sorted((out / "snapshots").glob("model_step*.safetensors"))
+    assert snaps, "no snapshot written"
+    walls = [load_model(p).info["train_wall_s"] for p in snaps]
+    assert walls == sorted(walls) and walls[0] >= 0.03
+    # resuming with the same budget does nothing; a larger one trains on
+    again = resume(out, progress=False)
+    assert again.stopped == "max_minutes" and again.step == res.step
+    more = resume(out, max_minutes=0.004, progress=False)
+    assert more.step > res.step
 
 
 def test_optional_tensorboard_logs(tmp_path):

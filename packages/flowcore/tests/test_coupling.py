@@ -28,8 +28,9 @@ def _is_row_permutation(a, b):
 
 def test_independent_keeps_pairing():
     x0 = {"a": torch.randn(3, 2)}
-    out = IndependentCoupling()(x0, {"a": torch.randn(3, 2)}, spaces={"a": E},
-                                levels={"a": "graph"}, batch={}, num_graphs=3)
+    out = IndependentCoupling()(
+        x0, {"a": torch.randn(3, 2)}, spaces={"a": E}, levels={"a": "graph"}, batch={}, num_graphs=3
+    )
     assert torch.equal(out["a"], x0["a"])
 
 
@@ -65,20 +66,26 @@ def _graphs(sizes, dim, seed):
     g = torch.Generator().manual_seed(seed)
     batch = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
     n = int(sum(sizes))
-    return batch, torch.rand(n, dim, generator=g, dtype=torch.float64), torch.rand(
-        n, dim, generator=g, dtype=torch.float64)
+    return (
+        batch,
+        torch.rand(n, dim, generator=g, dtype=torch.float64),
+        torch.rand(n, dim, generator=g, dtype=torch.float64),
+    )
 
 
 def test_ot_joint_moves_whole_graphs_only_between_equal_sizes():
     sizes = [2, 3, 2, 3, 2, 1]
     batch, f0, f1 = _graphs(sizes, 3, 2)
     g = torch.Generator().manual_seed(3)
-    k0, k1 = torch.randn(6, 2, generator=g, dtype=torch.float64), torch.randn(
-        6, 2, generator=g, dtype=torch.float64)
+    k0, k1 = (
+        torch.randn(6, 2, generator=g, dtype=torch.float64),
+        torch.randn(6, 2, generator=g, dtype=torch.float64),
+    )
     x0, x1 = {"k": k0, "f": f0}, {"k": k1, "f": f1}
     spaces, levels = {"k": E, "f": T}, {"k": "graph", "f": "node"}
-    out = OTCoupling(mode="joint")(x0, x1, spaces=spaces, levels=levels, batch={"f": batch},
-                                  num_graphs=6)
+    out = OTCoupling(mode="joint")(
+        x0, x1, spaces=spaces, levels=levels, batch={"f": batch}, num_graphs=6
+    )
     rows = [torch.nonzero(batch == gi).flatten().tolist() for gi in range(6)]
 
     # recover which source graph each graph took, from k (k moved together with f)
@@ -95,18 +102,24 @@ def test_ot_joint_moves_whole_graphs_only_between_equal_sizes():
     for size in (2, 3):
         members = [i for i, s in enumerate(sizes) if s == size]
         got = sum(cost(i, src[i]) for i in members)
-        best = min(sum(cost(i, p[k]) for k, i in enumerate(members))
-                   for p in itertools.permutations(members))
+        best = min(
+            sum(cost(i, p[k]) for k, i in enumerate(members))
+            for p in itertools.permutations(members)
+        )
         assert got == pytest.approx(best, rel=1e-12)
 
 
 def test_ot_per_component_permutes_components_independently():
     g = torch.Generator().manual_seed(4)
     m = 5
-    x0 = {"a": torch.rand(m, 2, generator=g, dtype=torch.float64),
-          "b": torch.rand(m, 2, generator=g, dtype=torch.float64)}
-    x1 = {"a": torch.rand(m, 2, generator=g, dtype=torch.float64),
-          "b": torch.rand(m, 2, generator=g, dtype=torch.float64)}
+    x0 = {
+        "a": torch.rand(m, 2, generator=g, dtype=torch.float64),
+        "b": torch.rand(m, 2, generator=g, dtype=torch.float64),
+    }
+    x1 = {
+        "a": torch.rand(m, 2, generator=g, dtype=torch.float64),
+        "b": torch.rand(m, 2, generator=g, dtype=torch.float64),
+    }
     kw = dict(spaces={"a": E, "b": E}, levels={"a": "graph", "b": "graph"}, batch={}, num_graphs=m)
     out = OTCoupling(mode="per_component")(x0, x1, **kw)
     for n in ("a", "b"):
@@ -120,8 +133,14 @@ def test_ot_per_component_permutes_components_independently():
 def test_ot_within_graph_permutes_nodes_of_each_graph():
     sizes = [4, 1, 5]
     batch, f0, f1 = _graphs(sizes, 3, 5)
-    out = OTCoupling(mode="within_graph")({"f": f0}, {"f": f1}, spaces={"f": T},
-                                          levels={"f": "node"}, batch={"f": batch}, num_graphs=3)
+    out = OTCoupling(mode="within_graph")(
+        {"f": f0},
+        {"f": f1},
+        spaces={"f": T},
+        levels={"f": "node"},
+        batch={"f": batch},
+        num_graphs=3,
+    )
     for gi in range(3):
         rows = torch.nonzero(batch == gi).flatten().tolist()
         assert _is_row_permutation(out["f"][rows], f0[rows])  # stays inside its graph
@@ -145,5 +164,11 @@ def test_ot_errors():
     with pytest.raises(ValueError, match="not a string"):
         OTCoupling(components="k")
     with pytest.raises(ValueError, match=r"components \['z'\] are not in the state"):
-        OTCoupling(components=["z"])({"a": torch.zeros(2, 1)}, {"a": torch.zeros(2, 1)},
-                                     spaces={"a": E}, levels={"a": "graph"}, batch={}, num_graphs=2)
+        OTCoupling(components=["z"])(
+            {"a": torch.zeros(2, 1)},
+            {"a": torch.zeros(2, 1)},
+            spaces={"a": E},
+            levels={"a": "graph"},
+            batch={},
+            num_graphs=2,
+        )

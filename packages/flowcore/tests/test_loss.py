@@ -20,7 +20,9 @@ def test_graphs_reduction_counts_each_graph_once():
     target = torch.zeros(21, 3)
     target[:20] = 1.0
     batch = torch.tensor([0] * 20 + [1])
-    graphs = component_mse(pred, target, level="node", batch=batch, num_graphs=2, reduction="graphs")
+    graphs = component_mse(
+        pred, target, level="node", batch=batch, num_graphs=2, reduction="graphs"
+    )
     elements = component_mse(pred, target, level="node", batch=batch, reduction="elements")
     assert graphs.item() == pytest.approx(0.5)  # (1 + 0) / 2
     assert elements.item() == pytest.approx(60 / 63)  # 20 of 21 rows wrong
@@ -34,8 +36,9 @@ def test_graphs_reduction_hand_case_unsorted_batch_and_empty_graph():
     got = component_mse(pred, target, level="node", batch=batch, num_graphs=3, reduction="graphs")
     assert got.item() == pytest.approx(2.75 / 2)
     # num_graphs inferred from batch.max() + 1 gives the same
-    assert component_mse(pred, target, level="node", batch=batch, reduction="graphs").item() == \
-        pytest.approx(2.75 / 2)
+    assert component_mse(
+        pred, target, level="node", batch=batch, reduction="graphs"
+    ).item() == pytest.approx(2.75 / 2)
 
 
 def test_graph_level_component_reductions_agree():
@@ -47,8 +50,9 @@ def test_graph_level_component_reductions_agree():
 
 def test_loss_gradient_flows():
     p = torch.randn(5, 3, requires_grad=True)
-    loss = component_mse(p, torch.zeros(5, 3), level="node", batch=torch.tensor([0, 0, 1, 1, 1]),
-                         reduction="graphs")
+    loss = component_mse(
+        p, torch.zeros(5, 3), level="node", batch=torch.tensor([0, 0, 1, 1, 1]), reduction="graphs"
+    )
     loss.backward()
     # d/dp of mean_g mean_{rows in g}(p^2 / 3): rows of graph 0 weigh 1/(2*2*3), graph 1 1/(2*3*3)
     w = torch.tensor([1 / 12, 1 / 12, 1 / 18, 1 / 18, 1 / 18])[:, None]
@@ -61,7 +65,10 @@ def test_loss_gradient_flows():
         (dict(level="atom"), "unknown level 'atom'"),
         (dict(reduction="sum"), "unknown reduction 'sum'"),
         (dict(level="node", reduction="graphs"), "needs its batch vector"),
-        (dict(level="node", reduction="graphs", batch=torch.zeros(2, dtype=torch.long)), "does not match"),
+        (
+            dict(level="node", reduction="graphs", batch=torch.zeros(2, dtype=torch.long)),
+            "does not match",
+        ),
     ],
 )
 def test_loss_errors(kwargs, match):

@@ -22,18 +22,28 @@ D = torch.float64
 
 
 def crystal_like(**kw):
-    return FlowMatcher({
-        "k": ComponentSpec(Euclidean(), GaussianPrior(mean=(0, 0, 0, 0, 0, 1), std=0.1), weight=1.0),
-        "F": ComponentSpec(FlatTorus(), UniformTorusPrior(3), WrappedPath(), weight=10.0, level="node"),
-        "A": ComponentSpec(Euclidean(), GaussianPrior(dim=28), weight=10.0, level="node"),
-    }, **kw)
+    return FlowMatcher(
+        {
+            "k": ComponentSpec(
+                Euclidean(), GaussianPrior(mean=(0, 0, 0, 0, 0, 1), std=0.1), weight=1.0
+            ),
+            "F": ComponentSpec(
+                FlatTorus(), UniformTorusPrior(3), WrappedPath(), weight=10.0, level="node"
+            ),
+            "A": ComponentSpec(Euclidean(), GaussianPrior(dim=28), weight=10.0, level="node"),
+        },
+        **kw,
+    )
 
 
 def data(seed=0):
     g = torch.Generator().manual_seed(seed)
     batch = torch.tensor([0, 0, 0, 1, 2, 2])
-    return {"k": torch.randn(3, 6, generator=g, dtype=D), "F": torch.rand(6, 3, generator=g, dtype=D),
-            "A": torch.randn(6, 28, generator=g, dtype=D)}, batch
+    return {
+        "k": torch.randn(3, 6, generator=g, dtype=D),
+        "F": torch.rand(6, 3, generator=g, dtype=D),
+        "A": torch.randn(6, 28, generator=g, dtype=D),
+    }, batch
 
 
 def test_sample_path_is_consistent_with_paths_and_seeded():
@@ -66,8 +76,9 @@ def test_loss_is_weighted_sum_with_reference_reduction():
     assert float(out.total) == pytest.approx(mse["k"] + 10 * mse["F"] + 10 * mse["A"])
     fmg = crystal_like(reduction="graphs")
     outg = fmg.loss(pred, s)
-    want = component_mse(pred["F"], s.u_t["F"], level="node", batch=batch, num_graphs=3,
-                         reduction="graphs")
+    want = component_mse(
+        pred["F"], s.u_t["F"], level="node", batch=batch, num_graphs=3, reduction="graphs"
+    )
     assert float(outg.components["F"]) == pytest.approx(float(want))
     # graphs of 3, 1 and 2 atoms weigh equally: per-graph means averaged
     per_graph = [float((s.u_t["F"][batch == g] ** 2).mean()) for g in range(3)]
@@ -95,11 +106,16 @@ def test_ot_coupling_by_name_keeps_pairs_consistent():
 
 def test_sample_end_to_end_reaches_a_single_data_point():
     """For one data point x1 the marginal velocity is log(x, x1) / (1 - t); Euler ends on x1."""
-    fm = FlowMatcher({
-        "k": ComponentSpec(Euclidean(), GaussianPrior(dim=2)),
-        "F": ComponentSpec(FlatTorus(), UniformTorusPrior(3), level="node"),
-    })
-    target = {"k": torch.tensor([[0.5, -1.0]], dtype=D), "F": torch.tensor([[0.9, 0.05, 0.5]], dtype=D)}
+    fm = FlowMatcher(
+        {
+            "k": ComponentSpec(Euclidean(), GaussianPrior(dim=2)),
+            "F": ComponentSpec(FlatTorus(), UniformTorusPrior(3), level="node"),
+        }
+    )
+    target = {
+        "k": torch.tensor([[0.5, -1.0]], dtype=D),
+        "F": torch.tensor([[0.9, 0.05, 0.5]], dtype=D),
+    }
     batch = torch.zeros(1, dtype=torch.long)
 
     def vel(t, s):
@@ -120,8 +136,15 @@ def test_sample_passes_solver_options():
         seen.append(float(t))
         return {n: torch.zeros_like(x) for n, x in s.items()}
 
-    sol = fm.sample(vel, 3, batch, steps=4, time_grid="end", velocity_scale={"F": AntiAnnealing(5.0)},
-                    record=True)
+    sol = fm.sample(
+        vel,
+        3,
+        batch,
+        steps=4,
+        time_grid="end",
+        velocity_scale={"F": AntiAnnealing(5.0)},
+        record=True,
+    )
     assert seen == pytest.approx([0.25, 0.5, 0.75, 1.0])
     assert sol.trajectory["F"].shape == (5, 6, 3) and sol.state["k"].shape == (3, 6)
     with pytest.raises(ValueError, match="passes its own spaces"):
@@ -180,9 +203,14 @@ def test_loss_bad_input():
 @pytest.mark.parametrize(
     "make,match",
     [
-        (lambda: ComponentSpec(FlatTorus(), UniformTorusPrior(3), LinearPath(Euclidean())),
-         "path lives on Euclidean"),
-        (lambda: ComponentSpec(Euclidean(), GaussianPrior(dim=2), level="edge"), "unknown level 'edge'"),
+        (
+            lambda: ComponentSpec(FlatTorus(), UniformTorusPrior(3), LinearPath(Euclidean())),
+            "path lives on Euclidean",
+        ),
+        (
+            lambda: ComponentSpec(Euclidean(), GaussianPrior(dim=2), level="edge"),
+            "unknown level 'edge'",
+        ),
         (lambda: ComponentSpec(Euclidean(), GaussianPrior(dim=2), weight=-1.0), "weight"),
         (lambda: ComponentSpec(Euclidean(), "gauss"), "prior must be"),
         (lambda: ComponentSpec("R", GaussianPrior(dim=2)), "space must be"),

@@ -13,12 +13,15 @@ unit = st.floats(0, 1, exclude_max=True, allow_nan=False)
 
 def test_linear_path_closed_form_per_graph():
     g = torch.Generator().manual_seed(0)
-    x0, x1 = torch.randn(4, 6, generator=g, dtype=torch.float64), torch.randn(4, 6, generator=g,
-                                                                                 dtype=torch.float64)
+    x0, x1 = (
+        torch.randn(4, 6, generator=g, dtype=torch.float64),
+        torch.randn(4, 6, generator=g, dtype=torch.float64),
+    )
     t = torch.tensor([0.0, 0.25, 0.5, 1.0], dtype=torch.float64)
     ps = LinearPath().sample(x0, x1, t)
-    np.testing.assert_allclose(ps.x_t.numpy(), (t[:, None] * x1 + (1 - t[:, None]) * x0).numpy(),
-                               atol=1e-12)  # Eq. 8 mean
+    np.testing.assert_allclose(
+        ps.x_t.numpy(), (t[:, None] * x1 + (1 - t[:, None]) * x0).numpy(), atol=1e-12
+    )  # Eq. 8 mean
     np.testing.assert_allclose(ps.u_t.numpy(), (x1 - x0).numpy())  # Eq. 9
     assert torch.equal(ps.x_t[0], x0[0])
     np.testing.assert_allclose(ps.x_t[3].numpy(), x1[3].numpy(), atol=1e-12)
@@ -51,8 +54,12 @@ def test_wrapped_path_matches_eq12_and_is_not_wrapped():
 
 
 @settings(max_examples=100, deadline=None)
-@given(f0=arrays(np.float64, (5, 3), elements=unit), f1=arrays(np.float64, (5, 3), elements=unit),
-       tau=arrays(np.float64, (3,), elements=st.floats(-3, 3)), t=unit)
+@given(
+    f0=arrays(np.float64, (5, 3), elements=unit),
+    f1=arrays(np.float64, (5, 3), elements=unit),
+    tau=arrays(np.float64, (3,), elements=st.floats(-3, 3)),
+    t=unit,
+)
 def test_wrapped_path_invariant_under_common_periodic_translation(f0, f1, tau, t):
     """Paper Eq. 27: u(g.F0, g.F1) = u(F0, F1) and x_t moves by tau (mod 1), g.F = w(F + tau)."""
     T = FlatTorus()
@@ -90,7 +97,9 @@ def test_sigma_adds_gaussian_noise_and_keeps_target():
     np.testing.assert_allclose(noise.mean(0), 0.0, atol=0.01)
     np.testing.assert_allclose(noise.std(0), 0.2, rtol=0.03)
     assert torch.equal(ps.u_t, x1 - x0)
-    again = LinearPath(Euclidean(), sigma=0.2).sample(x0, x1, t, generator=torch.Generator().manual_seed(0))
+    again = LinearPath(Euclidean(), sigma=0.2).sample(
+        x0, x1, t, generator=torch.Generator().manual_seed(0)
+    )
     assert torch.equal(again.x_t, ps.x_t)
 
 

@@ -47,8 +47,13 @@ class MLP(nn.Module):
     def __init__(self, d_in: int, d_out: int, hidden: int) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(d_in + 1, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
-            nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, d_out),
+            nn.Linear(d_in + 1, hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, d_out),
         )
 
     def forward(self, t: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
@@ -84,16 +89,22 @@ def test_gaussian_to_two_moons():
     g = torch.Generator().manual_seed(0)
     fm = FlowMatcher({"x": ComponentSpec(Euclidean(), GaussianPrior(dim=2))})
     mlp = MLP(2, 2, 128)
-    train(fm, mlp, lambda s: {"x": mlp(s.t, s.x_t["x"])},
-          lambda: ({"x": moons(256, g)}, None, 256, g), iters=1500)
+    train(
+        fm,
+        mlp,
+        lambda s: {"x": mlp(s.t, s.x_t["x"])},
+        lambda: ({"x": moons(256, g)}, None, 256, g),
+        iters=1500,
+    )
 
     n = 4000
     with torch.no_grad():
         ref = sum(energy_distance(moons(n, g), moons(n, g)) for _ in range(4)) / 4
         prior = energy_distance(torch.randn(n, 2, generator=g), moons(n, g))
         for method, steps in [("euler", 100), ("midpoint", 20)]:
-            sol = fm.sample(lambda t, s: {"x": mlp(t, s["x"])}, n, method=method, steps=steps,
-                            generator=g)
+            sol = fm.sample(
+                lambda t, s: {"x": mlp(t, s["x"])}, n, method=method, steps=steps, generator=g
+            )
             stat = energy_distance(sol.state["x"], moons(n, g))
             assert stat < FACTOR * ref, (method, stat, ref)
             assert stat < 0.15 * prior, (method, stat, prior)
@@ -118,7 +129,9 @@ def test_wrapped_gaussian_on_the_circle_with_node_batching():
         b = batch_of(64)
         return {"f": data(len(b))}, b, 64, g
 
-    fm = FlowMatcher({"f": ComponentSpec(FlatTorus(), UniformTorusPrior(1), WrappedPath(), level="node")})
+    fm = FlowMatcher(
+        {"f": ComponentSpec(FlatTorus(), UniformTorusPrior(1), WrappedPath(), level="node")}
+    )
     mlp = MLP(2, 1, 64)
     train(fm, mlp, lambda s: {"f": mlp(s.t[s.batch["f"]], emb(s.x_t["f"]))}, draw, iters=1500)
 
@@ -132,8 +145,14 @@ def test_wrapped_gaussian_on_the_circle_with_node_batching():
         ref = sum(ed(data(n), data(n)) for _ in range(4)) / 4
         prior = ed(torch.rand(n, 1, generator=g), data(n))
         for method, steps in [("euler", 100), ("midpoint", 20)]:
-            sol = fm.sample(lambda t, s: {"f": mlp(t, emb(s["f"]))}, 1000, b, method=method,
-                            steps=steps, generator=g)
+            sol = fm.sample(
+                lambda t, s: {"f": mlp(t, emb(s["f"]))},
+                1000,
+                b,
+                method=method,
+                steps=steps,
+                generator=g,
+            )
             x = sol.state["f"]
             assert bool((x >= 0).all()) and bool((x < 1).all())
             stat = ed(x, data(n))

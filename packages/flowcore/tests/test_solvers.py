@@ -29,10 +29,21 @@ def test_linear_ode_matches_matrix_exponential():
     A = np.array([[-0.5, 1.0, 0.0], [-1.0, -0.2, 0.3], [0.0, 0.4, -1.0]])
     x0 = np.array([[1.0, 2.0, -1.0], [0.5, 0.0, 3.0]])
     exact = x0 @ expm(A).T
-    for method, tol in [("euler", 5e-2), ("midpoint", 5e-4), ("heun", 5e-4), ("rk4", 1e-7),
-                        ("dopri5", 1e-7)]:
-        sol = integrate(linear_field(A), {"x": torch.tensor(x0)}, method=method, steps=50,
-                        rtol=1e-10, atol=1e-10)
+    for method, tol in [
+        ("euler", 5e-2),
+        ("midpoint", 5e-4),
+        ("heun", 5e-4),
+        ("rk4", 1e-7),
+        ("dopri5", 1e-7),
+    ]:
+        sol = integrate(
+            linear_field(A),
+            {"x": torch.tensor(x0)},
+            method=method,
+            steps=50,
+            rtol=1e-10,
+            atol=1e-10,
+        )
         np.testing.assert_allclose(sol.state["x"].numpy(), exact, atol=tol, err_msg=method)
 
 
@@ -52,8 +63,12 @@ def time_dependent_error(method, steps):
     x(t) = exp(sin t) (x0 + int_0^t s^2 exp(-sin s) ds); integral by high-order quadrature.
     """
     x0 = 0.7
-    sol = integrate(lambda t, s: {"x": torch.cos(t) * s["x"] + t * t},
-                    {"x": torch.tensor([[x0]], dtype=D)}, method=method, steps=steps)
+    sol = integrate(
+        lambda t, s: {"x": torch.cos(t) * s["x"] + t * t},
+        {"x": torch.tensor([[x0]], dtype=D)},
+        method=method,
+        steps=steps,
+    )
     from scipy.integrate import quad
 
     integral = quad(lambda s: s * s * math.exp(-math.sin(s)), 0, 1, epsabs=1e-14)[0]
@@ -77,8 +92,9 @@ def test_fixed_step_methods_agree_with_torchdiffeq(method):
         return torch.sin(3 * t) * x - x**3 / 4 + torch.cos(x)
 
     x0 = torch.tensor([[0.3, -1.2], [2.0, 0.1]], dtype=D)
-    ours = integrate(lambda t, s: {"x": f(t, s["x"])}, {"x": x0}, method=method, steps=25,
-                     record=True)
+    ours = integrate(
+        lambda t, s: {"x": f(t, s["x"])}, {"x": x0}, method=method, steps=25, record=True
+    )
     grid = torch.linspace(0, 1, 26, dtype=D)
     ref = odeint(f, x0, grid, method={"heun": "heun2"}.get(method, method))
     np.testing.assert_allclose(ours.trajectory["x"].numpy(), ref.numpy(), rtol=1e-12, atol=1e-12)
@@ -97,8 +113,12 @@ def test_rk4_is_the_classical_scheme():
         k3 = f(tt + h / 2, x + h / 2 * k2)
         k4 = f(tt + h, x + h * k3)
         x, t = x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4), t + h
-    ours = integrate(lambda t, s: {"x": f(t, s["x"])}, {"x": torch.tensor([[0.8]], dtype=D)},
-                     method="rk4", steps=10)
+    ours = integrate(
+        lambda t, s: {"x": f(t, s["x"])},
+        {"x": torch.tensor([[0.8]], dtype=D)},
+        method="rk4",
+        steps=10,
+    )
     assert torch.allclose(ours.state["x"], x, rtol=1e-13, atol=1e-13)
 
 
@@ -119,8 +139,14 @@ def test_other_adaptive_methods_are_torchdiffeq_pass_throughs(method):
     x0 = np.array([[1.0, -0.5]])
     sol = integrate(linear_field(A), {"x": torch.tensor(x0)}, method=method, rtol=1e-5, atol=1e-5)
     At = torch.tensor(A)
-    direct = odeint(lambda t, x: x @ At.T, torch.tensor(x0), torch.tensor([0.0, 1.0], dtype=D),
-                    method=method, rtol=1e-5, atol=1e-5)[-1]
+    direct = odeint(
+        lambda t, x: x @ At.T,
+        torch.tensor(x0),
+        torch.tensor([0.0, 1.0], dtype=D),
+        method=method,
+        rtol=1e-5,
+        atol=1e-5,
+    )[-1]
     np.testing.assert_allclose(sol.state["x"].numpy(), direct.numpy(), rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(sol.state["x"].numpy(), x0 @ expm(A).T, atol=1e-3)
 
@@ -136,23 +162,39 @@ def test_torus_component_is_wrapped_and_equals_covering_space_solution(method):
     f0 = torch.tensor([[0.1, 0.95, 0.5], [0.99, 0.0, 0.7]], dtype=D)
     k0 = torch.tensor([[1.0, -1.0]], dtype=D)
     field = lambda t, s: {"F": v(t, s["F"]), "k": -s["k"]}  # noqa: E731
-    sol = integrate(field, {"F": f0, "k": k0}, spaces={"F": FlatTorus()}, method=method, steps=40,
-                    record=True, rtol=1e-10, atol=1e-10)
-    cover = integrate(lambda t, s: {"F": v(t, s["F"])}, {"F": f0}, method=method, steps=40,
-                      rtol=1e-10, atol=1e-10)
+    sol = integrate(
+        field,
+        {"F": f0, "k": k0},
+        spaces={"F": FlatTorus()},
+        method=method,
+        steps=40,
+        record=True,
+        rtol=1e-10,
+        atol=1e-10,
+    )
+    cover = integrate(
+        lambda t, s: {"F": v(t, s["F"])}, {"F": f0}, method=method, steps=40, rtol=1e-10, atol=1e-10
+    )
     traj = sol.trajectory["F"]
     assert bool((traj >= 0).all()) and bool((traj < 1).all())
     d = FlatTorus().log(sol.state["F"], cover.state["F"])
     assert float(d.abs().max()) < 1e-9
     assert float((cover.state["F"] - f0).abs().max()) > 1.0  # it really went around
-    np.testing.assert_allclose(sol.state["k"].numpy(), (k0 * math.exp(-1)).numpy(),
-                               atol={"euler": 1e-2, "midpoint": 1e-4, "heun": 1e-4}.get(method, 1e-8))
+    np.testing.assert_allclose(
+        sol.state["k"].numpy(),
+        (k0 * math.exp(-1)).numpy(),
+        atol={"euler": 1e-2, "midpoint": 1e-4, "heun": 1e-4}.get(method, 1e-8),
+    )
 
 
 def test_constant_velocity_on_torus_gives_wrapped_translation():
     f0 = torch.tensor([[0.9, 0.2]], dtype=D)
-    sol = integrate(lambda t, s: {"F": torch.full_like(s["F"], 0.35)}, {"F": f0},
-                    spaces={"F": FlatTorus()}, steps=7)
+    sol = integrate(
+        lambda t, s: {"F": torch.full_like(s["F"], 0.35)},
+        {"F": f0},
+        spaces={"F": FlatTorus()},
+        steps=7,
+    )
     np.testing.assert_allclose(sol.state["F"].numpy(), [[0.25, 0.55]], atol=1e-12)
 
 
@@ -187,14 +229,22 @@ def test_end_time_grid_reproduces_the_reference_loop():
 
 def test_t_is_a_zero_dim_tensor_on_state_dtype():
     seen = []
-    integrate(lambda t, s: seen.append(t) or {"x": torch.zeros_like(s["x"])},
-              {"x": torch.zeros(2, 1, dtype=torch.float32)}, steps=3)
+    integrate(
+        lambda t, s: seen.append(t) or {"x": torch.zeros_like(s["x"])},
+        {"x": torch.zeros(2, 1, dtype=torch.float32)},
+        steps=3,
+    )
     assert all(t.dim() == 0 and t.dtype == torch.float32 for t in seen)
 
 
 def test_reverse_time_integration():
-    sol = integrate(lambda t, s: {"x": s["x"]}, {"x": torch.tensor([[1.0]], dtype=D)},
-                    method="rk4", steps=50, t_span=(1.0, 0.0))
+    sol = integrate(
+        lambda t, s: {"x": s["x"]},
+        {"x": torch.tensor([[1.0]], dtype=D)},
+        method="rk4",
+        steps=50,
+        t_span=(1.0, 0.0),
+    )
     assert float(sol.state["x"]) == pytest.approx(math.exp(-1), rel=1e-8)
 
 
@@ -210,8 +260,13 @@ def test_anti_annealing_values():
 def test_anti_annealing_scales_only_its_component():
     N = 20
     zero = {"F": torch.zeros(1, 1, dtype=D), "k": torch.zeros(1, 1, dtype=D)}
-    sol = integrate(lambda t, s: {n: torch.full_like(x, 0.01) for n, x in s.items()}, zero,
-                    steps=N, time_grid="end", velocity_scale={"F": AntiAnnealing(5.0)})
+    sol = integrate(
+        lambda t, s: {n: torch.full_like(x, 0.01) for n, x in s.items()},
+        zero,
+        steps=N,
+        time_grid="end",
+        velocity_scale={"F": AntiAnnealing(5.0)},
+    )
     # sum_i (1 + 5 i/N) * 0.01 / N for i = 1..N
     expect = sum((1 + 5 * i / N) * 0.01 / N for i in range(1, N + 1))
     assert float(sol.state["F"]) == pytest.approx(expect, rel=1e-12)
@@ -236,8 +291,13 @@ def test_guidance_combines_linearly(w):
     vc = torch.tensor([[1.0, -2.0]], dtype=D)
     vu = torch.tensor([[0.5, 4.0]], dtype=D)
     x0 = {"x": torch.zeros(1, 2, dtype=D)}
-    sol = integrate(lambda t, s: {"x": vc}, x0, steps=1, guidance_weight=w,
-                    uncond_velocity_fn=lambda t, s: {"x": vu})
+    sol = integrate(
+        lambda t, s: {"x": vc},
+        x0,
+        steps=1,
+        guidance_weight=w,
+        uncond_velocity_fn=lambda t, s: {"x": vu},
+    )
     np.testing.assert_allclose(sol.state["x"].numpy(), (w * vc + (1 - w) * vu).numpy(), atol=1e-14)
     assert sol.nfe == 2
 
@@ -259,13 +319,20 @@ def test_guidance_with_state_dependent_fields_midpoint():
 def test_record_and_input_not_modified():
     x0 = {"F": torch.tensor([[0.9]], dtype=D), "k": torch.tensor([[1.0]], dtype=D)}
     keep = {n: x.clone() for n, x in x0.items()}
-    sol = integrate(lambda t, s: {"F": torch.full_like(s["F"], 0.5), "k": s["k"]}, x0,
-                    spaces={"F": FlatTorus(), "k": Euclidean()}, steps=4, record=True)
+    sol = integrate(
+        lambda t, s: {"F": torch.full_like(s["F"], 0.5), "k": s["k"]},
+        x0,
+        spaces={"F": FlatTorus(), "k": Euclidean()},
+        steps=4,
+        record=True,
+    )
     assert sol.trajectory["F"].shape == (5, 1, 1) and sol.times.shape == (5,)
-    assert torch.equal(sol.trajectory["F"][0], x0["F"]) and torch.equal(sol.trajectory["F"][-1],
-                                                                        sol.state["F"])
-    np.testing.assert_allclose(sol.trajectory["F"][:, 0, 0].numpy(), [0.9, 0.025, 0.15, 0.275, 0.4],
-                               atol=1e-12)
+    assert torch.equal(sol.trajectory["F"][0], x0["F"]) and torch.equal(
+        sol.trajectory["F"][-1], sol.state["F"]
+    )
+    np.testing.assert_allclose(
+        sol.trajectory["F"][:, 0, 0].numpy(), [0.9, 0.025, 0.15, 0.275, 0.4], atol=1e-12
+    )
     for n in x0:
         assert torch.equal(x0[n], keep[n])
     nore = integrate(lambda t, s: {"F": s["F"] * 0, "k": s["k"]}, x0, steps=4)
@@ -325,7 +392,10 @@ def _ok(t, s):
         (dict(time_grid="middle"), "unknown time_grid 'middle'"),
         (dict(time_grid="end", method="rk4"), "time_grid='end' is defined for method 'euler' only"),
         (dict(guidance_weight=2.0), "needs uncond_velocity_fn"),
-        (dict(velocity_scale={"G": AntiAnnealing(5)}), r"velocity_scale given for unknown components \['G'\]"),
+        (
+            dict(velocity_scale={"G": AntiAnnealing(5)}),
+            r"velocity_scale given for unknown components \['G'\]",
+        ),
         (dict(spaces={"G": FlatTorus()}), r"spaces given for unknown components \['G'\]"),
         (dict(spaces={"x": "torus"}), "must be a flowcore Space"),
         (dict(check_finite="always"), "unknown check_finite"),
@@ -347,7 +417,9 @@ def test_bad_velocity_outputs():
     with pytest.raises(ValueError, match="must return a dict"):
         integrate(lambda t, s: s["x"], x0, steps=2)
     with pytest.raises(ValueError, match="uncond_velocity_fn returned"):
-        integrate(_ok, x0, steps=2, guidance_weight=2.0, uncond_velocity_fn=lambda t, s: {"x": s["x"]})
+        integrate(
+            _ok, x0, steps=2, guidance_weight=2.0, uncond_velocity_fn=lambda t, s: {"x": s["x"]}
+        )
     with pytest.raises(ValueError, match="non-empty dict"):
         integrate(_ok, {}, steps=2)
     with pytest.raises(ValueError, match="floating-point"):

@@ -52,8 +52,12 @@ def test_torus_log_is_minimum_image(x, y):
 
 
 @settings(max_examples=100, deadline=None)
-@given(x=arrays(np.float64, (5, 2), elements=finite), y=arrays(np.float64, (5, 2), elements=finite),
-       k=st.integers(-5, 5), m=st.integers(-5, 5))
+@given(
+    x=arrays(np.float64, (5, 2), elements=finite),
+    y=arrays(np.float64, (5, 2), elements=finite),
+    k=st.integers(-5, 5),
+    m=st.integers(-5, 5),
+)
 def test_torus_exp_log_round_trip_and_periodicity(x, y, k, m):
     T = FlatTorus()
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)

@@ -49,7 +49,9 @@ def test_explicit_labels_and_missing_column(fixtures):
     ds = xr.load_dataset(path, label_columns=["heat_ref"], workers=1)
     assert list(ds.labels) == ["heat_ref"] and len(ds) == 10
     assert set(ds.num_atoms.tolist()) == {5}
-    with pytest.raises(xr.DatasetError, match="perov5_val_mini.csv: label column .pressure. not found"):
+    with pytest.raises(
+        xr.DatasetError, match="perov5_val_mini.csv: label column .pressure. not found"
+    ):
         xr.load_dataset(path, label_columns=["pressure"], workers=1)
     with pytest.raises(xr.DatasetError, match="formula"):
         xr.load_dataset(path, label_columns=["formula"], workers=1)  # not a number
@@ -85,7 +87,9 @@ def test_cache_hit_and_invalidation(fixtures, tmp_path):
     assert second.ids == first.ids
     assert np.array_equal(second.frac_coords, first.frac_coords)
     assert np.array_equal(second.lattices, first.lattices)
-    assert all(np.array_equal(second.labels[k], first.labels[k], equal_nan=True) for k in first.labels)
+    assert all(
+        np.array_equal(second.labels[k], first.labels[k], equal_nan=True) for k in first.labels
+    )
     # other options -> another cache entry
     third = xr.load_dataset(src, cache_dir=cache, niggli=False, workers=1)
     assert not third.from_cache and len(list(cache.glob("*.npz"))) == 2

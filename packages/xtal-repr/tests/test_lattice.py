@@ -112,7 +112,9 @@ def test_vectorised_over_leading_dimensions():
     assert np.allclose(xr.lattice_to_k(lat2).reshape(-1, 6), k)
     lengths, angles, vol = xr.k_to_lattice_params(k[:1000])
     ref_len, ref_ang, ref_vol = xr.lattice_params_from_matrix(lat[:1000])
-    assert np.allclose(lengths, ref_len) and np.allclose(angles, ref_ang) and np.allclose(vol, ref_vol)
+    assert (
+        np.allclose(lengths, ref_len) and np.allclose(angles, ref_ang) and np.allclose(vol, ref_vol)
+    )
 
 
 def test_bad_input_errors():

@@ -225,6 +225,8 @@ def model_from_file(path: str | Path, device: str | torch.device = "cpu") -> Any
     except (KeyError, ValidationError, ValueError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise CheckpointError(f"model file {path}: incompatible metadata ({first})") from None
+    ranges = (meta.get("info") or {}).get("condition_ranges") or {}
+    model.condition_ranges = {k: (float(v[0]), float(v[1])) for k, v in ranges.items()}
     try:
         model.net.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:

@@ -33,6 +33,7 @@ __all__ = [
     "DataSources",
     "check_dataset",
     "epoch_batches",
+    "condition_ranges",
     "fit_normalizer",
     "load_splits",
     "num_atoms_histogram",
@@ -233,6 +234,17 @@ def fit_normalizer(ds: CrystalDataset, conditions: list[str]) -> dict[str, tuple
         if len(v) == 0:
             raise DataError(f"label column {name!r} has no numeric values in the training data")
         out[name] = (float(v.mean()), float(v.std()) + 1e-5)
+    return out
+
+
+def condition_ranges(ds: CrystalDataset, conditions: list[str]) -> dict[str, list[float]]:
+    """[min, max] of each condition over the (finite) training values."""
+    out: dict[str, list[float]] = {}
+    for name in conditions:
+        v = np.asarray(ds.labels[name], dtype=np.float64)
+        v = v[np.isfinite(v)]
+        if len(v):
+            out[name] = [float(v.min()), float(v.max())]
     return out
 
 

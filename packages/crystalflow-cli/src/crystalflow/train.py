@@ -50,6 +50,7 @@ from crystalflow.checkpoint import (
 from crystalflow.config import ConfigError, RunConfig, validate_config
 from crystalflow.data import (
     CrystalData,
+    condition_ranges,
     epoch_batches,
     fit_normalizer,
     load_splits,
@@ -213,6 +214,8 @@ class _Trainer:
         self.train_data = CrystalData(train_ds, config.model.conditions, normalizer)
         self.val_data = CrystalData(val_ds, config.model.conditions, normalizer)
         self.data_info = {
+            # the training range of each condition: sampling warns outside it
+            "condition_ranges": condition_ranges(train_ds, config.model.conditions),
             "train_source": train_ds.source,
             "val_source": val_ds.source,
             "num_train": self.num_train,

@@ -145,8 +145,9 @@ class OTCoupling(Coupling):
                 if levels[n] == "node" and self.mode == "within_graph":
                     out[n] = self._within(n, x0, x1, spaces, batch[n], num_graphs)
                 else:
-                    out[n] = self._joint(x0, x1, [n], spaces, levels, batch, num_graphs,
-                                         move=[n])[n]
+                    out[n] = self._joint(x0, x1, [n], spaces, levels, batch, num_graphs, move=[n])[
+                        n
+                    ]
             return out
 
     @staticmethod
@@ -156,7 +157,7 @@ class OTCoupling(Coupling):
         for g in range(num_graphs):
             if int(counts[g]) < 2:
                 continue
-            rows = order[int(ptr[g]):int(ptr[g + 1])]
+            rows = order[int(ptr[g]) : int(ptr[g + 1])]
             cols = _assign(pairwise_cost(spaces[n], x1[n][rows], x0[n][rows]))
             perm[rows] = rows[cols]
         return x0[n][perm]

@@ -48,7 +48,9 @@ def component_mse(
         0-dim loss.
     """
     if pred.shape != target.shape:
-        raise ValueError(f"prediction shape {tuple(pred.shape)} != target shape {tuple(target.shape)}")
+        raise ValueError(
+            f"prediction shape {tuple(pred.shape)} != target shape {tuple(target.shape)}"
+        )
     if level not in LEVELS:
         raise ValueError(f"unknown level {level!r}; expected one of {list(LEVELS)}")
     if reduction not in REDUCTIONS:
@@ -59,12 +61,16 @@ def component_mse(
     if batch is None:
         raise ValueError("reduction='graphs' of a node component needs its batch vector")
     if batch.shape != (sq.shape[0],):
-        raise ValueError(f"batch vector shape {tuple(batch.shape)} does not match {sq.shape[0]} rows")
+        raise ValueError(
+            f"batch vector shape {tuple(batch.shape)} does not match {sq.shape[0]} rows"
+        )
     per_row = sq.reshape(sq.shape[0], -1)
     width = per_row.shape[1]
     if num_graphs is None:
         num_graphs = int(batch.max()) + 1 if batch.numel() else 0
-    sums = torch.zeros(num_graphs, dtype=sq.dtype, device=sq.device).index_add_(0, batch, per_row.sum(1))
+    sums = torch.zeros(num_graphs, dtype=sq.dtype, device=sq.device).index_add_(
+        0, batch, per_row.sum(1)
+    )
     counts = torch.zeros(num_graphs, dtype=sq.dtype, device=sq.device).index_add_(
         0, batch, torch.ones_like(batch, dtype=sq.dtype)
     )

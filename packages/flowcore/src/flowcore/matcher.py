@@ -55,13 +55,20 @@ class ComponentSpec:
             raise ValueError(f"ComponentSpec prior must be a flowcore Prior, got {self.prior!r}")
         if self.level not in LEVELS:
             raise ValueError(f"unknown level {self.level!r}; expected one of {list(LEVELS)}")
-        if not (isinstance(self.weight, (int, float)) and math.isfinite(self.weight)
-                and self.weight >= 0):
-            raise ValueError(f"ComponentSpec weight must be a finite number >= 0, got {self.weight!r}")
+        if not (
+            isinstance(self.weight, (int, float))
+            and math.isfinite(self.weight)
+            and self.weight >= 0
+        ):
+            raise ValueError(
+                f"ComponentSpec weight must be a finite number >= 0, got {self.weight!r}"
+            )
         if self.path is None:
             object.__setattr__(self, "path", LinearPath(self.space))
         elif not isinstance(self.path, ProbabilityPath):
-            raise ValueError(f"ComponentSpec path must have .space and .sample(), got {self.path!r}")
+            raise ValueError(
+                f"ComponentSpec path must have .space and .sample(), got {self.path!r}"
+            )
         elif self.path.space != self.space:
             raise ValueError(
                 f"ComponentSpec path lives on {self.path.space!r} but the component on {self.space!r}"
@@ -128,10 +135,14 @@ class FlowMatcher:
         validate: bool = True,
     ) -> None:
         if not isinstance(components, Mapping) or not components:
-            raise ValueError("FlowMatcher needs a non-empty dict of component name -> ComponentSpec")
+            raise ValueError(
+                "FlowMatcher needs a non-empty dict of component name -> ComponentSpec"
+            )
         for name, spec in components.items():
             if not isinstance(name, str) or not isinstance(spec, ComponentSpec):
-                raise ValueError(f"component {name!r} must map a str to a ComponentSpec, got {spec!r}")
+                raise ValueError(
+                    f"component {name!r} must map a str to a ComponentSpec, got {spec!r}"
+                )
         self.components: dict[str, ComponentSpec] = dict(components)
         self.time_sampler = (
             make_time_sampler(time_sampler) if isinstance(time_sampler, str) else time_sampler
@@ -140,7 +151,9 @@ class FlowMatcher:
             raise ValueError(f"time_sampler must be a name or a TimeSampler, got {time_sampler!r}")
         if isinstance(coupling, str):
             if coupling not in COUPLINGS:
-                raise ValueError(f"unknown coupling {coupling!r}; expected one of {sorted(COUPLINGS)}")
+                raise ValueError(
+                    f"unknown coupling {coupling!r}; expected one of {sorted(COUPLINGS)}"
+                )
             coupling = COUPLINGS[coupling]()
         if not isinstance(coupling, Coupling):
             raise ValueError(f"coupling must be a name or a Coupling, got {coupling!r}")
@@ -173,7 +186,9 @@ class FlowMatcher:
         if isinstance(batch, Tensor):
             return {n: batch for n in nodes}
         if not isinstance(batch, Mapping):
-            raise ValueError(f"batch must be a tensor or a dict of tensors, got {type(batch).__name__}")
+            raise ValueError(
+                f"batch must be a tensor or a dict of tensors, got {type(batch).__name__}"
+            )
         unknown = sorted(set(batch) - set(nodes))
         missing = sorted(set(nodes) - set(batch))
         if unknown or missing:
@@ -189,12 +204,17 @@ class FlowMatcher:
         unknown = sorted(set(state) - set(self.components))
         missing = sorted(set(self.components) - set(state))
         if unknown:
-            raise ValueError(f"{what} has unknown component(s) {unknown}; expected {sorted(self.components)}")
+            raise ValueError(
+                f"{what} has unknown component(s) {unknown}; expected {sorted(self.components)}"
+            )
         if missing:
-            raise ValueError(f"{what} lacks component(s) {missing}; expected {sorted(self.components)}")
+            raise ValueError(
+                f"{what} lacks component(s) {missing}; expected {sorted(self.components)}"
+            )
 
-    def _num_graphs(self, state: Mapping[str, Tensor], batch: dict[str, Tensor],
-                    num_graphs: int | None) -> int:
+    def _num_graphs(
+        self, state: Mapping[str, Tensor], batch: dict[str, Tensor], num_graphs: int | None
+    ) -> int:
         if num_graphs is not None:
             return int(num_graphs)
         for n, s in self.components.items():
@@ -203,8 +223,14 @@ class FlowMatcher:
         b = next(iter(batch.values()))
         return int(b.max()) + 1 if b.numel() else 0
 
-    def _check_state(self, state: Mapping[str, Tensor], batch: dict[str, Tensor],
-                     num_graphs: int, what: str, finite: bool) -> None:
+    def _check_state(
+        self,
+        state: Mapping[str, Tensor],
+        batch: dict[str, Tensor],
+        num_graphs: int,
+        what: str,
+        finite: bool,
+    ) -> None:
         for n, spec in self.components.items():
             x = state[n]
             if not isinstance(x, Tensor) or not x.is_floating_point():
@@ -291,8 +317,9 @@ class FlowMatcher:
         else:
             self._check_keys(x0, "prior x0")
             self._check_state(x0, bd, B, "prior x0", finite=self.validate)
-        x0 = self.coupling(dict(x0), dict(x1), spaces=self.spaces, levels=self.levels,
-                           batch=bd, num_graphs=B)
+        x0 = self.coupling(
+            dict(x0), dict(x1), spaces=self.spaces, levels=self.levels, batch=bd, num_graphs=B
+        )
         if t is None:
             t = self.time_sampler.sample(B, generator=generator, device=ref.device, dtype=ref.dtype)
         elif tuple(t.shape) != (B,):
@@ -304,8 +331,9 @@ class FlowMatcher:
             x_t[n], u_t[n] = ps.x_t, ps.u_t
         return FlowSample(t=t, x0=x0, x1=dict(x1), x_t=x_t, u_t=u_t, batch=bd, num_graphs=B)
 
-    def loss(self, pred: Mapping[str, Tensor], sample: FlowSample, *,
-             check_finite: bool = False) -> FlowLoss:
+    def loss(
+        self, pred: Mapping[str, Tensor], sample: FlowSample, *, check_finite: bool = False
+    ) -> FlowLoss:
         """Weighted sum of per-component MSEs between ``pred`` and ``sample.u_t`` (Eqs. 13, 19).
 
         Parameters
@@ -328,11 +356,17 @@ class FlowMatcher:
             p, u = pred[n], sample.u_t[n]
             if not isinstance(p, Tensor) or p.shape != u.shape:
                 got = tuple(p.shape) if isinstance(p, Tensor) else type(p).__name__
-                raise ValueError(f"prediction component {n!r} has shape {got}; expected {tuple(u.shape)}")
+                raise ValueError(
+                    f"prediction component {n!r} has shape {got}; expected {tuple(u.shape)}"
+                )
             if check_finite and not bool(torch.isfinite(p).all()):
                 raise ValueError(f"prediction component {n!r} contains NaN or inf")
             comps[n] = component_mse(
-                p, u, level=spec.level, batch=sample.batch.get(n), num_graphs=sample.num_graphs,
+                p,
+                u,
+                level=spec.level,
+                batch=sample.batch.get(n),
+                num_graphs=sample.num_graphs,
                 reduction=self.reduction,
             )
             term = spec.weight * comps[n]
@@ -367,5 +401,7 @@ class FlowMatcher:
         return integrate(velocity_fn, x0, spaces=self.spaces, **integrate_kwargs)
 
     def __repr__(self) -> str:
-        return (f"FlowMatcher(components={self.components!r}, time_sampler={self.time_sampler!r}, "
-                f"coupling={self.coupling!r}, reduction={self.reduction!r})")
+        return (
+            f"FlowMatcher(components={self.components!r}, time_sampler={self.time_sampler!r}, "
+            f"coupling={self.coupling!r}, reduction={self.reduction!r})"
+        )

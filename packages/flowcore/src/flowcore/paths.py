@@ -107,7 +107,9 @@ class LinearPath:
         PathSample
         """
         if x0.shape != x1.shape:
-            raise ValueError(f"path end points differ in shape: {tuple(x0.shape)} vs {tuple(x1.shape)}")
+            raise ValueError(
+                f"path end points differ in shape: {tuple(x0.shape)} vs {tuple(x1.shape)}"
+            )
         tt = time_like(expand_time(t, batch).to(x0.dtype), x0)
         u = self.velocity(x0, x1)
         x_t = x0 + tt * u

@@ -130,8 +130,9 @@ class UniformTorusPrior(Prior):
     def sample(self, n, *, generator=None, device=None, dtype=None):
         _check_n(n)
         dev = _device(generator, device)
-        return torch.rand(n, self.dim, generator=generator, device=dev,
-                          dtype=dtype or torch.get_default_dtype())
+        return torch.rand(
+            n, self.dim, generator=generator, device=dev, dtype=dtype or torch.get_default_dtype()
+        )
 
     def __repr__(self) -> str:
         return f"UniformTorusPrior(dim={self.dim})"

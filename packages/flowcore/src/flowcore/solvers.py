@@ -224,7 +224,9 @@ def _validate_inputs(
             raise ValueError(f"space of component {name!r} must be a flowcore Space, got {sp!r}")
     unknown = sorted(set(velocity_scale or {}) - set(x0))
     if unknown:
-        raise ValueError(f"velocity_scale given for unknown components {unknown}; state has {sorted(x0)}")
+        raise ValueError(
+            f"velocity_scale given for unknown components {unknown}; state has {sorted(x0)}"
+        )
     if method not in METHODS:
         raise ValueError(f"unknown ODE method {method!r}; expected one of {list(METHODS)}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -232,9 +234,13 @@ def _validate_inputs(
     if time_grid not in TIME_GRIDS:
         raise ValueError(f"unknown time_grid {time_grid!r}; expected one of {list(TIME_GRIDS)}")
     if time_grid == "end" and method != "euler":
-        raise ValueError(f"time_grid='end' is defined for method 'euler' only, got method {method!r}")
+        raise ValueError(
+            f"time_grid='end' is defined for method 'euler' only, got method {method!r}"
+        )
     if check_finite not in FINITE_CHECKS:
-        raise ValueError(f"unknown check_finite {check_finite!r}; expected one of {list(FINITE_CHECKS)}")
+        raise ValueError(
+            f"unknown check_finite {check_finite!r}; expected one of {list(FINITE_CHECKS)}"
+        )
     if not (guidance_weight == guidance_weight and abs(guidance_weight) < float("inf")):
         raise ValueError(f"guidance_weight must be finite, got {guidance_weight!r}")
     if abs(guidance_weight - 1.0) >= GUIDANCE_TOL and uncond_velocity_fn is None:
@@ -245,10 +251,16 @@ def _validate_inputs(
 
 
 def _nonfinite(name: str, step: int | None, steps: int, t: float, what: str) -> NonFiniteError:
-    where = "in the initial state" if step == 0 else (
-        f"after step {step} of {steps} (t = {t:.6g})" if step is not None else f"at t = {t:.6g}"
+    where = (
+        "in the initial state"
+        if step == 0
+        else (
+            f"after step {step} of {steps} (t = {t:.6g})" if step is not None else f"at t = {t:.6g}"
+        )
     )
-    return NonFiniteError(f"non-finite value (NaN/inf) in {what} component {name!r} {where}", name, step, t)
+    return NonFiniteError(
+        f"non-finite value (NaN/inf) in {what} component {name!r} {where}", name, step, t
+    )
 
 
 def integrate(
@@ -320,24 +332,43 @@ def integrate(
         A component became NaN/inf; the message names the component and the step.
     """
     spaces_ = _validate_inputs(
-        x0, spaces, method, steps, time_grid, velocity_scale, guidance_weight,
-        uncond_velocity_fn, check_finite,
+        x0,
+        spaces,
+        method,
+        steps,
+        time_grid,
+        velocity_scale,
+        guidance_weight,
+        uncond_velocity_fn,
+        check_finite,
     )
     t0, t1 = float(t_span[0]), float(t_span[1])
     if not (math.isfinite(t0) and math.isfinite(t1)) or t0 == t1:
         raise ValueError(f"t_span must hold two different finite times, got {t_span!r}")
     state = {n: spaces_[n].project(x) for n, x in x0.items()}
     field = _Field(
-        velocity_fn, uncond_velocity_fn, float(guidance_weight), velocity_scale or {},
+        velocity_fn,
+        uncond_velocity_fn,
+        float(guidance_weight),
+        velocity_scale or {},
         {n: x.shape for n, x in state.items()},
     )
     if method in FIXED_STEP_METHODS:
         return _integrate_fixed(
-            field, state, spaces_, FIXED_STEP_METHODS[method], steps, t0, t1, time_grid,
-            record, check_finite,
+            field,
+            state,
+            spaces_,
+            FIXED_STEP_METHODS[method],
+            steps,
+            t0,
+            t1,
+            time_grid,
+            record,
+            check_finite,
         )
-    return _integrate_adaptive(field, state, spaces_, method, steps, t0, t1, record, check_finite,
-                               rtol, atol)
+    return _integrate_adaptive(
+        field, state, spaces_, method, steps, t0, t1, record, check_finite, rtol, atol
+    )
 
 
 def _integrate_fixed(
@@ -368,8 +399,9 @@ def _integrate_fixed(
     final_w: list[dict[str, list[float]]] = []
     for i in range(steps):
         fac = [{n: field.factor(n, t) for n in names} for t in eval_times[i]]
-        stage_w.append([{n: [h * a * fac[j][n] for j, a in enumerate(row)] for n in names}
-                        for row in tab.a])
+        stage_w.append(
+            [{n: [h * a * fac[j][n] for j, a in enumerate(row)] for n in names} for row in tab.a]
+        )
         final_w.append({n: [h * b * fac[j][n] for j, b in enumerate(tab.b)] for n in names})
 
     traj: dict[str, list[Tensor]] | None = {n: [state[n]] for n in names} if record else None
@@ -421,8 +453,9 @@ def _update(space: Space, x: Tensor, ks: list[State], weights: list[float], name
     return space.exp(x, acc)
 
 
-def _raise_if_bad(flags: list[Tensor], first_step: int, names: list[str], grid: list[float],
-                  steps: int) -> None:
+def _raise_if_bad(
+    flags: list[Tensor], first_step: int, names: list[str], grid: list[float], steps: int
+) -> None:
     """Raise for the first non-finite entry of ``flags`` (rows = steps from ``first_step``)."""
     ok = torch.isfinite(torch.stack(flags))
     if bool(ok.all()):

@@ -58,9 +58,13 @@ def check_batch(name: str, x: Tensor, batch: Tensor, num_graphs: int | None = No
         With a one-line message naming the component.
     """
     if batch.dim() != 1:
-        raise ValueError(f"batch vector of component {name!r} must be 1-D, got {tuple(batch.shape)}")
+        raise ValueError(
+            f"batch vector of component {name!r} must be 1-D, got {tuple(batch.shape)}"
+        )
     if batch.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"batch vector of component {name!r} must be an integer tensor, got {batch.dtype}")
+        raise ValueError(
+            f"batch vector of component {name!r} must be an integer tensor, got {batch.dtype}"
+        )
     if batch.shape[0] != x.shape[0]:
         raise ValueError(
             f"batch vector of component {name!r} has {batch.shape[0]} entries "

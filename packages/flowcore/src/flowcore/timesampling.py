@@ -47,8 +47,12 @@ class UniformTime(TimeSampler):
     """``t ~ U[0, 1)`` (the paper and the reference)."""
 
     def sample(self, n, *, generator=None, device=None, dtype=None):
-        return torch.rand(n, generator=generator, device=_dev(generator, device),
-                          dtype=dtype or torch.get_default_dtype())
+        return torch.rand(
+            n,
+            generator=generator,
+            device=_dev(generator, device),
+            dtype=dtype or torch.get_default_dtype(),
+        )
 
 
 class LogitNormalTime(TimeSampler):
@@ -69,8 +73,12 @@ class LogitNormalTime(TimeSampler):
         self.scale = float(scale)
 
     def sample(self, n, *, generator=None, device=None, dtype=None):
-        z = torch.randn(n, generator=generator, device=_dev(generator, device),
-                        dtype=dtype or torch.get_default_dtype())
+        z = torch.randn(
+            n,
+            generator=generator,
+            device=_dev(generator, device),
+            dtype=dtype or torch.get_default_dtype(),
+        )
         return torch.sigmoid(z * self.scale + self.loc)
 
 
@@ -108,8 +116,12 @@ class ReverseSquaredTime(TimeSampler):
     """
 
     def sample(self, n, *, generator=None, device=None, dtype=None):
-        u = torch.rand(n, generator=generator, device=_dev(generator, device),
-                       dtype=dtype or torch.get_default_dtype())
+        u = torch.rand(
+            n,
+            generator=generator,
+            device=_dev(generator, device),
+            dtype=dtype or torch.get_default_dtype(),
+        )
         return 1.0 - u * u
 
 

@@ -18,7 +18,9 @@ from xtal_repr.crystal import CrystalFormatError
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m xtal_repr", description=__doc__.splitlines()[0])
     ap.add_argument("paths", nargs="+", help="structure files, folders, or CSV splits")
-    ap.add_argument("--niggli", action="store_true", help="apply the benchmark standardisation first")
+    ap.add_argument(
+        "--niggli", action="store_true", help="apply the benchmark standardisation first"
+    )
     ap.add_argument("--limit", type=int, default=20, help="at most this many structures per input")
     args = ap.parse_args(argv)
     for path in args.paths:
@@ -30,9 +32,14 @@ def main(argv: list[str] | None = None) -> int:
         for c in list(ds)[: args.limit]:
             lengths, angles = c.lattice_params
             k = np.array2string(c.k, precision=4, suppress_small=True)
-            cells = {element_symbol(z): tuple(int(v) for v in z_to_cell(np.array(z))) for z in set(c.atomic_numbers.tolist())}
+            cells = {
+                element_symbol(z): tuple(int(v) for v in z_to_cell(np.array(z)))
+                for z in set(c.atomic_numbers.tolist())
+            }
             print(f"{c.id}: {c.formula}  N={c.num_atoms}  V={c.volume:.3f} A^3")
-            print(f"  a,b,c = {lengths.round(4).tolist()}  alpha,beta,gamma = {angles.round(3).tolist()}")
+            print(
+                f"  a,b,c = {lengths.round(4).tolist()}  alpha,beta,gamma = {angles.round(3).tolist()}"
+            )
             print(f"  k = {k}")
             print(f"  grid cells (row, col) = {cells}")
     return 0

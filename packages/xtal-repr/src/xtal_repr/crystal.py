@@ -76,7 +76,9 @@ class Crystal:
         z = np.asarray(self.atomic_numbers)
         name = f"crystal {self.id!r}" if self.id is not None else "crystal"
         if frac.ndim != 2 or frac.shape[1] != 3:
-            raise CrystalFormatError(f"{name}: frac_coords must have shape (N, 3), got {frac.shape}")
+            raise CrystalFormatError(
+                f"{name}: frac_coords must have shape (N, 3), got {frac.shape}"
+            )
         if lat.shape != (3, 3):
             raise CrystalFormatError(f"{name}: lattice must have shape (3, 3), got {lat.shape}")
         if z.ndim != 1 or z.shape[0] != frac.shape[0]:
@@ -199,10 +201,14 @@ class Crystal:
 
     # ------------------------------------------------------------------ ASE (optional)
     @classmethod
-    def from_ase(cls, atoms: Any, labels: Mapping[str, float] | None = None, id: str | None = None) -> Crystal:
+    def from_ase(
+        cls, atoms: Any, labels: Mapping[str, float] | None = None, id: str | None = None
+    ) -> Crystal:
         """From an ``ase.Atoms`` with a full 3-D periodic cell."""
         if not all(atoms.pbc):
-            raise CrystalFormatError(f"crystal {id!r}: ASE Atoms must be periodic in all directions")
+            raise CrystalFormatError(
+                f"crystal {id!r}: ASE Atoms must be periodic in all directions"
+            )
         return cls(
             frac_coords=atoms.get_scaled_positions(wrap=False),
             lattice=np.asarray(atoms.cell[:]),
@@ -224,7 +230,9 @@ class Crystal:
 
     # ------------------------------------------------------------------ text and files
     @classmethod
-    def from_cif(cls, text: str, labels: Mapping[str, float] | None = None, id: str | None = None) -> Crystal:
+    def from_cif(
+        cls, text: str, labels: Mapping[str, float] | None = None, id: str | None = None
+    ) -> Crystal:
         """Parse the first structure of a CIF string (no primitive reduction)."""
         from pymatgen.core import Structure
 
@@ -242,7 +250,9 @@ class Crystal:
         return Poscar(self.to_pymatgen(), comment=comment or self.id or self.formula).get_str()
 
     @classmethod
-    def read(cls, path: str | os.PathLike[str], fmt: str | None = None, id: str | None = None) -> Crystal:
+    def read(
+        cls, path: str | os.PathLike[str], fmt: str | None = None, id: str | None = None
+    ) -> Crystal:
         """Read a CIF, POSCAR/CONTCAR/.vasp or extxyz file (format from the name unless ``fmt``)."""
         path = Path(path)
         kind = _guess_format(path, fmt)
@@ -252,7 +262,9 @@ class Crystal:
                 try:
                     from ase.io import read as ase_read
                 except ImportError as exc:
-                    raise ImportError("reading extxyz needs ASE: pip install 'xtal-repr[ase]'") from exc
+                    raise ImportError(
+                        "reading extxyz needs ASE: pip install 'xtal-repr[ase]'"
+                    ) from exc
                 return cls.from_ase(ase_read(path, format="extxyz"), id=ident)
             from pymatgen.core import Structure
 
@@ -287,7 +299,9 @@ class Crystal:
         return path
 
 
-def standardize_structure(structure: Structure, niggli: bool = True, primitive: bool = False) -> Structure:
+def standardize_structure(
+    structure: Structure, niggli: bool = True, primitive: bool = False
+) -> Structure:
     """The reference preprocessing of benchmark structures (reference-facts.md section 6).
 
     Optionally reduce to the primitive cell (off by default, as in the reference), Niggli-reduce

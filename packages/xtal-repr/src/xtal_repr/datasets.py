@@ -141,7 +141,9 @@ class CrystalDataset(Sequence[Crystal]):
         return lattice_to_k(self.lattices)
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> CrystalDataset:
-        idx = np.asarray(list(indices) if not isinstance(indices, np.ndarray) else indices, dtype=np.int64)
+        idx = np.asarray(
+            list(indices) if not isinstance(indices, np.ndarray) else indices, dtype=np.int64
+        )
         starts, ends = self._offsets[idx], self._offsets[idx + 1]
         atom_idx = (
             np.concatenate([np.arange(a, b) for a, b in zip(starts, ends)])
@@ -394,7 +396,10 @@ def _assemble(
         atomic_numbers=np.concatenate([p[2] for p in parsed]).astype(np.int64)
         if parsed
         else np.zeros(0, dtype=np.int64),
-        labels={n: np.array([vals[j] for j in keep], dtype=np.float64) for n, vals in label_table.items()},
+        labels={
+            n: np.array([vals[j] for j in keep], dtype=np.float64)
+            for n, vals in label_table.items()
+        },
         source=source,
         skipped=skipped,
     )
@@ -486,7 +491,9 @@ def read_csv_dataset(
             for i, r in enumerate(records, start=1):
                 v = _to_float(r.get(col))
                 if v is None:
-                    raise DatasetError(f"{path}: row {i}, column {col!r}: {r.get(col)!r} is not a number")
+                    raise DatasetError(
+                        f"{path}: row {i}, column {col!r}: {r.get(col)!r} is not a number"
+                    )
                 vals.append(v)
             table[col] = vals
         has_id = id_column in header
@@ -494,7 +501,14 @@ def read_csv_dataset(
         texts = [(r.get(cif_column) or "", "cif", niggli, primitive) for r in records]
         results = _parse_many(texts, workers, progress)
         return _assemble(
-            ids, list(range(1, len(records) + 1)), results, table, on_error, max_atoms, str(path), "row"
+            ids,
+            list(range(1, len(records) + 1)),
+            results,
+            table,
+            on_error,
+            max_atoms,
+            str(path),
+            "row",
         )
 
     return _cached(cache, cache_dir, key, stem, build)
@@ -528,7 +542,10 @@ def read_structure_folder(
         p
         for p in path.iterdir()
         if p.is_file()
-        and (p.suffix.lower() in _STRUCTURE_SUFFIXES or p.name.upper().startswith(("POSCAR", "CONTCAR")))
+        and (
+            p.suffix.lower() in _STRUCTURE_SUFFIXES
+            or p.name.upper().startswith(("POSCAR", "CONTCAR"))
+        )
         and p.suffix.lower() != ".extxyz"
     )
     if not files:
@@ -566,11 +583,19 @@ def read_structure_folder(
                 raise DatasetError(f"{lpath}: empty labels file")
             idc = id_column or header[0]
             if idc not in header:
-                raise DatasetError(f"{lpath}: id column {idc!r} not found (columns: {', '.join(header)})")
-            names = list(label_columns) if label_columns is not None else [c for c in header if c != idc]
+                raise DatasetError(
+                    f"{lpath}: id column {idc!r} not found (columns: {', '.join(header)})"
+                )
+            names = (
+                list(label_columns)
+                if label_columns is not None
+                else [c for c in header if c != idc]
+            )
             for c in names:
                 if c not in header:
-                    raise DatasetError(f"{lpath}: label column {c!r} not found (columns: {', '.join(header)})")
+                    raise DatasetError(
+                        f"{lpath}: label column {c!r} not found (columns: {', '.join(header)})"
+                    )
             label_rows = {r[idc]: r for r in records}
         table: dict[str, list[float]] = {n: [] for n in names}
         results: list[tuple[bool, Any]] = []
@@ -593,7 +618,9 @@ def read_structure_folder(
                     continue
                 v = _to_float(row.get(n))
                 if v is None:
-                    raise DatasetError(f"{labels_csv}: id {sid!r}, column {n!r}: {row.get(n)!r} is not a number")
+                    raise DatasetError(
+                        f"{labels_csv}: id {sid!r}, column {n!r}: {row.get(n)!r} is not a number"
+                    )
                 table[n].append(v)
         return _assemble(
             [f"{i}" for i in ids],

@@ -134,7 +134,9 @@ def lattice_to_k(lattice: Any) -> Any:
     else:
         if np.any(w <= 0):
             bad = np.argwhere(np.min(w, axis=-1) <= 0)[0]
-            raise ValueError(f"lattice: singular (zero-volume) lattice matrix at index {tuple(bad)}")
+            raise ValueError(
+                f"lattice: singular (zero-volume) lattice matrix at index {tuple(bad)}"
+            )
         s = (u * (0.5 * np.log(w))[..., None, :]) @ transpose(u)
     return symmetric_to_k(s)
 
