@@ -7,6 +7,7 @@ committed ``uv.lock`` (``uv sync --frozen``), so sessions see exactly the locked
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import nox
 
@@ -85,7 +86,16 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks: ``uv run nox -s bench -- NAME [ARGS...]`` runs bench/bench_NAME.py (default: datasets)."""
+    """Benchmarks: ``uv run nox -s bench -- NAME [ARGS...]`` runs bench/NAME.py or bench/bench_NAME.py.
+
+    NAME is e.g. ``datasets``, ``gnn``, ``matching``, ``table1``, ``table3``, ``quality_per_step``,
+    ``quality_vs_time``, ``profile_steps`` (default: datasets).
+    """
     _sync(session)
     name, *rest = session.posargs or ["datasets"]
-    session.run("python", f"bench/bench_{name}.py", *rest)
+    script = Path("bench") / f"{name}.py"
+    if not script.is_file():
+        script = Path("bench") / f"bench_{name}.py"
+    if not script.is_file():
+        session.error(f"no benchmark {name!r}: neither bench/{name}.py nor bench/bench_{name}.py")
+    session.run("python", str(script), *rest)
