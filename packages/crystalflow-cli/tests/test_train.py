@@ -319,3 +319,17 @@ def test_cli_errors_are_one_line_without_traceback(cli, tmp_path, args, match):
 def test_cli_lists_presets(cli):
     res, text = _run(cli, "--list-presets")
     assert res.exit_code == 0 and "perov5-csp" in text and "tiny" in text
+
+
+def test_resume_with_reschedule_fits_the_cosine_schedule_to_the_new_epochs(tmp_path):
+    cfg = tiny("train.epochs=2", "train.scheduler=cosine", "train.min_lr=1e-5")  # 6 steps/epoch
+    runs = {}
+    for name, reschedule in (("kept", False), ("new", True)):
+        train(cfg, tmp_path / name, progress=False)  # cosine over 12 steps: at min_lr
+        resume(tmp_path / name, epochs=4, reschedule=reschedule, progress=False)
+        runs[name] = [m["lr"] for m in read_jsonl(tmp_path / name / "metrics.jsonl")]
+    # kept: the 12-step horizon of the original run, so epoch 2 is at min_lr already
+    assert runs["kept"][2] < 2e-5
+    # rescheduled: the horizon is now 24 steps; epoch 2 is mid-way, the end is at min_lr
+    assert runs["new"][2] > 1e-4
+    assert runs["new"][-1] < 2e-5

@@ -775,6 +775,7 @@ def resume(
     max_steps: int | None = None,
     epochs: int | None = None,
     max_minutes: float | None = None,
+    reschedule: bool = False,
     progress: bool = True,
 ) -> TrainResult:
     """Continue the run in ``run_dir`` from its last checkpoint (exactly where it stopped).
@@ -788,6 +789,10 @@ def resume(
     max_minutes : float, optional
         New wall-clock budget in minutes, counted from the run's start (training wall time already
         spent counts against it).
+    reschedule : bool
+        Fit the cosine learning-rate schedule to the (new) ``epochs`` from here on, instead of
+        keeping the horizon the run started with (which keeps a resumed run identical to an
+        uninterrupted one). For shortening or lengthening a run.
     progress : bool
         Progress bar (rank 0, terminals only).
     """
@@ -815,6 +820,14 @@ def resume(
         base["train"]["max_minutes"] = max_minutes
     config = validate_config(base, f"{run_dir}/config")
     trainer = _Trainer(config, run_dir, state, progress)
+    if reschedule and state is not None:
+        horizon = config.train.epochs * len(trainer._batches(0))
+        if horizon != trainer.total_steps:
+            trainer.log.line(
+                f"learning-rate schedule horizon {trainer.total_steps} -> {horizon} steps "
+                f"(train.epochs={config.train.epochs})"
+            )
+            trainer.total_steps = horizon
     try:
         step = trainer.step
         if trainer.dist.is_main:

@@ -43,6 +43,7 @@ def run_train(
     max_steps: int | None = None,
     epochs: int | None = None,
     max_minutes: float | None = None,
+    reschedule: bool = False,
     seed: int | None = None,
     overrides: list[str] | None = None,
     config_file: str | None = None,
@@ -73,15 +74,18 @@ def run_train(
         if given:
             raise ConfigError(
                 f"--resume continues a run with its saved configuration; {', '.join(given)} "
-                "cannot be combined with it (only --max-steps / --epochs / --max-minutes)"
+                "cannot be combined with it (only --max-steps / --epochs / --max-minutes / --reschedule)"
             )
         return resume(
             resume_dir,
             max_steps=max_steps,
             epochs=epochs,
             max_minutes=max_minutes,
+            reschedule=reschedule,
             progress=progress,
         )
+    if reschedule:
+        raise ConfigError("--reschedule applies to --resume RUN_DIR only")
     if out is None:
         raise ConfigError("--out RUN_DIR is required (or --resume RUN_DIR to continue a run)")
     if data is not None and train_file is not None:
@@ -151,6 +155,13 @@ def register(app: typer.Typer) -> None:
             float | None,
             typer.Option(help="Wall-clock training budget in minutes (summed over resumes)."),
         ] = None,
+        reschedule: Annotated[
+            bool,
+            typer.Option(
+                "--reschedule",
+                help="With --resume --epochs N: fit the cosine LR schedule to N epochs.",
+            ),
+        ] = False,
         seed: Annotated[int | None, typer.Option(help="Random seed (train.seed).")] = None,
         set_: Annotated[
             list[str] | None,
@@ -186,6 +197,7 @@ def register(app: typer.Typer) -> None:
                 max_steps=max_steps,
                 epochs=epochs,
                 max_minutes=max_minutes,
+                reschedule=reschedule,
                 seed=seed,
                 overrides=set_,
                 config_file=config,
