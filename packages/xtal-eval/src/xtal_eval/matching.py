@@ -348,10 +348,12 @@ class FastMatcher:
                 )
                 _, sol = linear_sum_assignment(np.asarray(d_2, dtype=float))
                 short_vecs = vecs[np.arange(len(sol)), sol]
-                translation = np.mean(short_vecs, axis=0)
-                new_d2 = np.sum((short_vecs - translation) ** 2, axis=-1)
+                # np.mean(axis=0) and np.linalg.norm without their wrappers (same operations:
+                # add.reduce then divide by the count; sqrt of the dot product)
+                translation = np.add.reduce(short_vecs, axis=0) / len(short_vecs)
+                new_d2 = np.add.reduce((short_vecs - translation) ** 2, axis=-1)
                 dist = new_d2**0.5 * normalization
-                val = np.linalg.norm(dist) / len(dist) ** 0.5 if use_rms else max(dist)
+                val = math.sqrt(dist.dot(dist)) / len(dist) ** 0.5 if use_rms else max(dist)
                 if best is None or val < best:
                     best = val
                     if (break_on_match or val < 1e-5) and val < stol:
