@@ -57,10 +57,23 @@ def run(cmd: list[str], log: Path | None = None) -> float:
     return time.perf_counter() - t0
 
 
+def portable(obj):
+    """``obj`` with this checkout's absolute paths made relative (results are committed: they must
+    not name a path of one particular machine). Inside the repo -> repo-relative; the shared data
+    folder next to it -> ``../shared/...``."""
+    if isinstance(obj, str):
+        return obj.replace(str(REPO) + "/", "").replace(str(REPO.parent) + "/", "../")
+    if isinstance(obj, dict):
+        return {k: portable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [portable(v) for v in obj]
+    return obj
+
+
 def write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.write_text(json.dumps(portable(data), indent=1) + "\n")
     os.replace(tmp, path)
 
 

@@ -12,12 +12,15 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from datetime import date
 from pathlib import Path
 
-import xtal_repr as xr
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import xtal_repr as xr  # noqa: E402
+from _common import portable  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,7 +55,7 @@ def main() -> None:
     }
     print(json.dumps(result, indent=1))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    Path(args.json).write_text(json.dumps(portable(result), indent=1) + "\n")
 
 
 if __name__ == "__main__":

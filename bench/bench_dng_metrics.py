@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SHARED, machine, today  # noqa: E402
+from _common import SHARED, machine, portable, today  # noqa: E402
 from xtal_eval import DNGSettings, HullReference, RelaxSettings, evaluate_dng  # noqa: E402
 
 csv.field_size_limit(2**31 - 1)
@@ -111,7 +111,7 @@ def main() -> None:
     runs = json.loads(args.out.read_text()) if args.out.exists() else []
     runs.append(record)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(runs, indent=1, default=str) + "\n")
+    args.out.write_text(json.dumps(portable(runs), indent=1, default=str) + "\n")
     print(f"appended to {args.out}")
 
 

@@ -40,7 +40,9 @@ import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "packages" / "flowcore" / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 
+from _common import portable  # noqa: E402
 from flowcore.gnn import PeriodicGNN, build_fully_connected_graph  # noqa: E402
 from gnn_reference import ReferenceCSPNet  # noqa: E402
 
@@ -345,7 +347,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     history = json.loads(out.read_text()) if out.exists() else []
     history.append(record)
-    out.write_text(json.dumps(history, indent=1))
+    out.write_text(json.dumps(portable(history), indent=1))
     print(f"appended to {out}")
 
 

@@ -41,7 +41,7 @@ from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Lattice, Structure
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SHARED, machine, today  # noqa: E402
+from _common import SHARED, machine, portable, today  # noqa: E402
 from xtal_eval import evaluate_csp  # noqa: E402
 
 csv.field_size_limit(2**31 - 1)
@@ -285,7 +285,7 @@ def main() -> None:
     runs = json.loads(args.out.read_text()) if args.out.exists() else []
     runs.append(record)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(runs, indent=1) + "\n")
+    args.out.write_text(json.dumps(portable(runs), indent=1) + "\n")
     print(f"appended to {args.out}")
 
 

@@ -29,7 +29,7 @@ from torchdiffeq import odeint
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flowcore as fc  # noqa: E402
-from _common import machine, today  # noqa: E402
+from _common import machine, portable, today  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 100
@@ -154,7 +154,7 @@ def main() -> None:
     old = json.loads(path.read_text()) if path.exists() else []
     old = old if isinstance(old, list) else [old]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(old + [result], indent=1) + "\n")
+    path.write_text(json.dumps(portable(old + [result]), indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, SHARED, crystalflow, machine, run, today  # noqa: E402
+from _common import REPO, SHARED, crystalflow, machine, portable, run, today  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "train.json"
 PEROV = SHARED / "perov_5"
@@ -56,7 +56,7 @@ def _append(entry: dict) -> None:
     data.append(entry)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     tmp = RESULTS.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.write_text(json.dumps(portable(data), indent=1) + "\n")
     os.replace(tmp, RESULTS)
     print(json.dumps(entry, indent=1))
 

@@ -131,7 +131,9 @@ def main() -> None:  # noqa: C901
             print(f"\n{preset}: {kind} step {case[f'{kind}_step_s']} s "
                   f"({case['atoms']} atoms, {case['edges']} edges)")  # fmt: skip
             for r in case[f"{kind}_top"]:
-                print(f"  {r['op']:32s} {r['self_ms']:10.2f} ms {100 * r['share']:5.1f} % x{r['calls']}")
+                print(
+                    f"  {r['op']:32s} {r['self_ms']:10.2f} ms {100 * r['share']:5.1f} % x{r['calls']}"
+                )
     write_json(RESULTS, result)
 
 

@@ -90,7 +90,10 @@ def main() -> None:
         write_json(result_path, result)
         print(f"{name}: {result['points'][-1]['train_wall_min']} min, MR@1 "
               f"{100 * m['match_rate']:.2f}%, RMSE {m['rmse']}")  # fmt: skip
-    lines = ["| training wall min | step | epoch | val loss | MR@1 | RMSE |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| training wall min | step | epoch | val loss | MR@1 | RMSE |",
+        "|---|---|---|---|---|---|",
+    ]
     for p in result["points"]:
         rmse = "n/a" if p["rmse"] is None else f"{p['rmse']:.4f}"
         vl = "n/a" if p["val_loss"] is None else f"{p['val_loss']:.4f}"

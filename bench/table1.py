@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, SHARED, crystalflow, machine, run, today, write_json  # noqa: E402
+from _common import REPO, SHARED, crystalflow, machine, portable, run, today, write_json  # noqa: E402
 
 csv.field_size_limit(2**31 - 1)
 
@@ -153,7 +153,7 @@ def main() -> None:
     line = (f"| {args.dataset} ({train_label}) | {' ; '.join(cells)} | {row['targets']} targets, "
             f"S={args.steps} {args.solver} | {json.dumps(budget['training'])} | {budget['device']}, "
             f"{budget['date']} |")  # fmt: skip
-    (out / "row.md").write_text(line + "\n")
+    (out / "row.md").write_text(portable(line) + "\n")
     print(line)
 
 
