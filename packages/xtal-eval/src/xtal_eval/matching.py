@@ -131,6 +131,7 @@ class Prepared:
     reduced: Structure
     comp_hash: Composition
     formula: str = ""
+    species_key: tuple = ()
 
     @property
     def n_sites(self) -> int:
@@ -200,6 +201,7 @@ class FastMatcher:
             attempt_supercell=False,
             allow_subset=False,
         )
+        self._masks: dict[tuple, tuple] = {}
         raw = StructureMatcher._get_reduced_istructure
         self._reduce = getattr(raw, "__wrapped__", raw)  # bypass pymatgen's LRU cache
 
@@ -225,7 +227,10 @@ class FastMatcher:
             primitive = False
         reduced = Structure.from_sites(self._reduce(site_ordered, primitive, True))
         return Prepared(
-            reduced=reduced, comp_hash=comp_hash, formula=processed.composition.reduced_formula
+            reduced=reduced,
+            comp_hash=comp_hash,
+            formula=processed.composition.reduced_formula,
+            species_key=_species_key(reduced),
         )
 
     def composition_hash(self, structure: Structure) -> Composition:
@@ -264,7 +269,7 @@ class FastMatcher:
         if not self.can_match(a, b):
             return None
         s1, s2 = self._scaled_pair(a, b)
-        match = self._search(s1, s2, use_rms=True, break_on_match=False)
+        match = self._search(s1, s2, use_rms=True, break_on_match=False, key=(a, b))
         return None if match is None else float(match)
 
     def has_match(self, a: Prepared, b: Prepared) -> bool:
@@ -272,18 +277,24 @@ class FastMatcher:
         if not self.can_match(a, b):
             return False
         s1, s2 = self._scaled_pair(a, b)
-        return self._search(s1, s2, use_rms=True, break_on_match=True) is not None
+        return self._search(s1, s2, use_rms=True, break_on_match=True, key=(a, b)) is not None
 
     def fit(self, a: Prepared, b: Prepared) -> bool:
         """``StructureMatcher.fit(a, b)`` (maximum site distance <= stol, first match wins)."""
         if not self.can_match(a, b):
             return False
         s1, s2 = self._scaled_pair(a, b)
-        match = self._search(s1, s2, use_rms=False, break_on_match=True)
+        match = self._search(s1, s2, use_rms=False, break_on_match=True, key=(a, b))
         return match is not None and bool(match <= self.tolerances.stol)
 
     def _search(
-        self, s1: Structure, s2: Structure, *, use_rms: bool, break_on_match: bool
+        self,
+        s1: Structure,
+        s2: Structure,
+        *,
+        use_rms: bool,
+        break_on_match: bool,
+        key: tuple[Prepared, Prepared] | None = None,
     ) -> float | None:
         """The best match value of ``StructureMatcher._strict_match(s1, s2, fu=1)`` or None.
 
@@ -298,7 +309,16 @@ class FastMatcher:
             return None if m is None else m[0]
         sm = self.matcher
         stol = sm.stol
-        mask, s1_t_inds, s2_t_ind = sm._get_mask(s1, s2, 1, True)
+        # the mask depends only on the two species sequences: computed once per pair of sequences
+        mkey = (key[0].species_key, key[1].species_key) if key and key[0].species_key else None
+        cached = self._masks.get(mkey) if mkey is not None else None
+        if cached is None:
+            cached = sm._get_mask(s1, s2, 1, True)
+            if mkey is not None:
+                if len(self._masks) > 4096:
+                    self._masks.clear()
+                self._masks[mkey] = cached
+        mask, s1_t_inds, s2_t_ind = cached
         if mask.shape[0] != mask.shape[1]:
             return None
         rows, cols = linear_sum_assignment(mask)
@@ -479,6 +499,15 @@ def _from_parameters(params: np.ndarray) -> np.ndarray:
     m[:, 1, 2] = b * cos[:, 0]
     m[:, 2, 2] = c
     return m
+
+
+def _species_key(structure: Structure) -> tuple:
+    """The exact species sequence (element/species string and amount per site): equal keys mean
+    equal ``species_and_occu`` sequences, hence the same ``StructureMatcher._get_mask``."""
+    return tuple(
+        tuple(sorted((str(sp), float(amt)) for sp, amt in comp.items()))
+        for comp in structure.species_and_occu
+    )
 
 
 def _species_gcd(structure: Structure) -> int:
