@@ -43,6 +43,8 @@ def main() -> None:
     args = ap.parse_args()
 
     run_dir = Path(args.run)
+    if not (run_dir / "config.json").is_file():
+        raise SystemExit(f"--run {run_dir}: not a crystalflow training run (no config.json)")
     out = Path(args.out or REPO / "bench" / "results" / f"quality_vs_time-{run_dir.name}")
     out.mkdir(parents=True, exist_ok=True)
     result_path = out / "results.json"

@@ -293,6 +293,12 @@ def test_sampling_errors():
         dng.sample([1], [8])
     with pytest.raises(ValueError, match="num_atoms must all be >= 1"):
         csp.sample([0], [])
+    with pytest.raises(ValueError, match="x0 lacks component 'F'"):
+        csp.sample([2], [8, 8], x0={"k": torch.zeros(1, 6)})
+    with pytest.raises(ValueError, match=r"x0\['F'\] has shape \(3, 3\), expected \(2, 3\)"):
+        csp.sample([2], [8, 8], x0={"k": torch.zeros(1, 6), "F": torch.zeros(3, 3)})
+    with pytest.raises(ValueError, match=r"x0\['k'\] has non-finite values"):
+        csp.sample([2], [8, 8], x0={"k": torch.full((1, 6), float("nan")), "F": torch.zeros(2, 3)})
     cond = _model(conditions=["pressure"])
     with pytest.raises(ValueError, match="cannot sample unconditionally"):
         cond.sample([1], [1])

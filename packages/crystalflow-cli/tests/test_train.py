@@ -303,6 +303,14 @@ def test_cli_explicit_train_val_and_config_file(cli, tmp_path):
         (["--resume", "{tmp}/r", "--preset", "tiny"], "cannot be combined"),
         (["--resume", "{tmp}/none"], "no such run folder"),
         (
+            ["--preset", "tiny", "--data", str(PEROV), "--out", "{tmp}/r", "--reschedule"],
+            "--reschedule applies to --resume",
+        ),
+        (
+            ["--preset", "tiny", "--data", str(PEROV), "--out", "{tmp}/r", "--max-minutes", "0"],
+            "max_minutes",
+        ),
+        (
             ["--preset", "tiny", "--data", str(PEROV), "--train", "x", "--out", "{tmp}/r"],
             "either --data",
         ),

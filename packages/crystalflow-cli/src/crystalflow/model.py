@@ -488,6 +488,8 @@ class CrystalFlow(nn.Module):
                     raise ValueError(f"x0 lacks component {name!r}")
                 if shape is not None and tuple(got.shape) != shape:
                     raise ValueError(f"x0[{name!r}] has shape {tuple(got.shape)}, expected {shape}")
+                if not bool(torch.isfinite(got).all()):
+                    raise ValueError(f"x0[{name!r}] has non-finite values")
         x0 = {
             k: v.to(device=device, dtype=torch.float32)
             for k, v in x0.items()
