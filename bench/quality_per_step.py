@@ -9,6 +9,9 @@ heun 2, rk4 4): the table compares solvers at equal cost too.
     uv run python bench/quality_per_step.py                        # default model, 1,000 targets
     uv run python bench/quality_per_step.py --grid euler:10,20,50,100,200 heun:10,20,50,100 \
         rk4:10,20,50 --subset 1000 --checkpoint default
+    # choose sampling settings on the validation split (never on test), e.g. Perov-5:
+    uv run python bench/quality_per_step.py --dataset-dir ../shared/data/perov_5 --split val \
+        --checkpoint runs/perov5-cpu --grid euler:100 --anti-annealing 0 5 10 20 --out DIR
 
 ``nox -s bench -- quality_per_step ARGS`` runs the same script.
 """
@@ -50,7 +53,11 @@ def main() -> None:
         help="folder with test.csv.gz (default: ../shared/data/mp_20_partial)",
     )
     ap.add_argument("--checkpoint", default="default", help="'default' or a checkpoint path")
-    ap.add_argument("--subset", type=int, default=1000, help="test targets (fixed seed)")
+    ap.add_argument("--split", default="test", choices=["test", "val"],
+                    help="split to draw targets from (val: for choosing sampling settings)")
+    ap.add_argument("--subset", type=int, default=1000, help="targets (fixed seed)")
+    ap.add_argument("--anti-annealing", nargs="+", type=float, default=[None],
+                    help="anti-annealing slopes s' to try (default: the checkpoint's)")
     ap.add_argument("--grid", nargs="+", default=DEFAULT_GRID, help="SOLVER:S1,S2,... entries")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="OMP/torch threads of the sampler")
@@ -61,28 +68,33 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     result_path = out / "results.json"
     result = json.loads(result_path.read_text()) if result_path.is_file() else {"points": []}
-    done = {(p["solver"], p["steps"]) for p in result["points"]}
+    done = {(p["solver"], p["steps"], p.get("anti_annealing")) for p in result["points"]}
     targets = out / "targets.csv.gz"
-    n_targets = subset_targets(Path(args.dataset_dir) / "test.csv.gz", args.subset, args.seed,
-                               targets)  # fmt: skip
+    split_file = Path(args.dataset_dir) / f"{args.split}.csv.gz"
+    n_targets = subset_targets(split_file, args.subset, args.seed, targets)
     result.update({
         "benchmark": "MR@1 vs integration steps and solver (bench/quality_per_step.py)",
-        "checkpoint": args.checkpoint, "targets": f"{n_targets} of {args.dataset_dir}/test.csv.gz "
+        "checkpoint": args.checkpoint, "targets": f"{n_targets} of {split_file} "
         f"(seed {args.seed})", "machine": machine(), "date": today(), "seed": args.seed,
     })  # fmt: skip
     env = dict(os.environ)
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
-    for solver, steps in parse_grid(args.grid):
-        if (solver, steps) in done:
-            print(f"{solver} S={steps}: already in {result_path}, skipped")
+    grid = [(solver, steps, a) for solver, steps in parse_grid(args.grid)
+            for a in args.anti_annealing]  # fmt: skip
+    for solver, steps, anneal in grid:
+        label = f"{solver} S={steps}" + ("" if anneal is None else f" s'={anneal:g}")
+        if (solver, steps, anneal) in done:
+            print(f"{label}: already in {result_path}, skipped")
             continue
-        tag = f"{solver}-{steps}"
+        tag = f"{solver}-{steps}" + ("" if anneal is None else f"-a{anneal:g}")
         samples = out / f"samples-{tag}"
         log = out / f"{tag}.log"
         cmd = [*crystalflow(), "sample", "--from-csv", str(targets), "-n", "1", "-o", str(samples),
                "--steps", str(steps), "--solver", solver, "--seed", str(args.seed),
                "--device", "cpu", "--resume"]  # fmt: skip
+        if anneal is not None:
+            cmd += ["--anti-annealing", str(anneal)]
         if args.checkpoint != "default":
             cmd += ["--checkpoint", args.checkpoint]
         os.environ.update(env)
@@ -94,17 +106,22 @@ def main() -> None:
              "-k", "1", "--json", str(metrics_path), "--on-error", "invalid"], log)  # fmt: skip
         m = json.loads(metrics_path.read_text())["csp"]["1"]
         result["points"].append({
-            "solver": solver, "steps": steps, "nfe": steps * STAGES[solver],
+            "solver": solver, "steps": steps, "anti_annealing": anneal,
+            "nfe": steps * STAGES[solver],
             "match_rate": m["match_rate"], "rmse": m["rmse"], "rmse_all": m["rmse_all"],
             "n_targets": m["n_targets"], "sample_wall_s": round(sample_s, 1),
         })  # fmt: skip
         write_json(result_path, result)
-        print(f"{solver} S={steps}: MR@1 {100 * m['match_rate']:.2f}%  RMSE {m['rmse']}")
-    pts = sorted(result["points"], key=lambda p: (p["solver"], p["steps"]))
-    lines = ["| solver | S | NFE | MR@1 | RMSE | sampling wall s |", "|---|---|---|---|---|---|"]
+        print(f"{label}: MR@1 {100 * m['match_rate']:.2f}%  RMSE {m['rmse']}")
+    pts = sorted(result["points"], key=lambda p: (p["solver"], p["steps"],
+                                                  p.get("anti_annealing") or -1.0))  # fmt: skip
+    lines = ["| solver | S | s' | NFE | MR@1 | RMSE | sampling wall s |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
     for p in pts:
         rmse = "n/a" if p["rmse"] is None else f"{p['rmse']:.4f}"
-        lines.append(f"| {p['solver']} | {p['steps']} | {p['nfe']} | {100 * p['match_rate']:.2f}% "
+        a = p.get("anti_annealing")
+        a = "default" if a is None else f"{a:g}"
+        lines.append(f"| {p['solver']} | {p['steps']} | {a} | {p['nfe']} | {100 * p['match_rate']:.2f}% "
                      f"| {rmse} | {p['sample_wall_s']} |")  # fmt: skip
     (out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

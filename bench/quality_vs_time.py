@@ -7,6 +7,9 @@ writes the curve point by point (a rerun skips the points already done, so it ca
 that is still training).
 
     uv run python bench/quality_vs_time.py --run runs/perov5-cpu --dataset-dir ../shared/data/perov_5
+    # pick a snapshot on the validation split (never on test), then score only that one on test:
+    uv run python bench/quality_vs_time.py --run runs/perov5-cpu --dataset-dir ../shared/data/perov_5 \
+        --split val --subset 1000 --final
 
 ``nox -s bench -- quality_vs_time ARGS`` runs the same script.
 """
@@ -33,8 +36,10 @@ def model_info(path: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", required=True, help="training run folder (with snapshots/)")
-    ap.add_argument("--dataset-dir", required=True, help="folder with test.csv(.gz)")
-    ap.add_argument("--subset", type=int, default=None, help="test targets (fixed seed; all)")
+    ap.add_argument("--dataset-dir", required=True, help="folder with <split>.csv(.gz)")
+    ap.add_argument("--split", default="test", choices=["test", "val"],
+                    help="val: choose a snapshot by validation match rate (then score it on test)")
+    ap.add_argument("--subset", type=int, default=None, help="targets (fixed seed; all)")
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--solver", default="euler")
     ap.add_argument("--seed", type=int, default=0)
@@ -45,15 +50,16 @@ def main() -> None:
     run_dir = Path(args.run)
     if not (run_dir / "config.json").is_file():
         raise SystemExit(f"--run {run_dir}: not a crystalflow training run (no config.json)")
-    out = Path(args.out or REPO / "bench" / "results" / f"quality_vs_time-{run_dir.name}")
+    suffix = "" if args.split == "test" else f"-{args.split}"
+    out = Path(args.out or REPO / "bench" / "results" / f"quality_vs_time-{run_dir.name}{suffix}")
     out.mkdir(parents=True, exist_ok=True)
     result_path = out / "results.json"
     result = json.loads(result_path.read_text()) if result_path.is_file() else {"points": []}
     done = {p["model"] for p in result["points"]}
-    test = next((p for p in (Path(args.dataset_dir) / "test.csv.gz",
-                             Path(args.dataset_dir) / "test.csv") if p.is_file()), None)  # fmt: skip
+    test = next((p for p in (Path(args.dataset_dir) / f"{args.split}.csv.gz",
+                             Path(args.dataset_dir) / f"{args.split}.csv") if p.is_file()), None)  # fmt: skip
     if test is None:
-        raise SystemExit(f"--dataset-dir {args.dataset_dir}: no test.csv(.gz)")
+        raise SystemExit(f"--dataset-dir {args.dataset_dir}: no {args.split}.csv(.gz)")
     targets = out / "targets.csv.gz"
     n_targets = subset_targets(test, args.subset, args.seed, targets)
     config = json.loads((run_dir / "config.json").read_text())
@@ -101,6 +107,10 @@ def main() -> None:
         vl = "n/a" if p["val_loss"] is None else f"{p['val_loss']:.4f}"
         lines.append(f"| {p['train_wall_min']} | {p['step']} | {p['epoch']} | {vl} | "
                      f"{100 * p['match_rate']:.2f}% | {rmse} |")  # fmt: skip
+    if result["points"]:
+        best = max(result["points"], key=lambda p: (p["match_rate"], -(p["step"] or 0)))
+        lines.append(f"\nhighest MR@1 on {test.name}: {best['model']} "
+                     f"({100 * best['match_rate']:.2f}%, {best['train_wall_min']} min)")  # fmt: skip
     (out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -170,3 +170,55 @@ def test_prepared_cell_equals_pymatgen_reduced_structure(csp_data, dng_data):
         counts = s.composition.as_dict().values()
         n_gcd1 += int(np.gcd.reduce([int(c) for c in counts]) == 1)
     assert 0 < n_gcd1 < len(structures)  # both branches exercised
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(
+    idx=st.integers(0, 29),
+    supercell=st.sampled_from([[2, 1, 1], [1, 1, 3], [[1, 1, 0], [0, 1, 0], [0, 0, 2]],
+                               [[1, 0, 1], [0, 2, 0], [0, 0, 1]]]),  # fmt: skip
+    noise=st.sampled_from([0.0, 0.02, 0.3]),
+    seed=st.integers(0, 2**16),
+)
+def test_prepared_supercell_equals_pymatgen(csp_data, idx, supercell, noise, seed):
+    """Supercells (reducible, and not once perturbed) take the primitive-cell precheck; the
+    result is still pymatgen's reduced structure array for array, and the precheck never rules
+    out a cell pymatgen would reduce."""
+    from xtal_eval.matching import _may_have_smaller_cell, _niggli_reduced
+
+    s = csp_data[1][idx].copy()
+    s.make_supercell(supercell)
+    if noise:
+        rng = np.random.default_rng(seed)
+        s = Structure(s.lattice, s.species, s.cart_coords + rng.normal(0, noise, (len(s), 3)),
+                      coords_are_cartesian=True)  # fmt: skip
+    StructureMatcher._get_reduced_istructure.cache_clear()
+    ref = StructureMatcher._get_reduced_structure(s, True, True)
+    mine = FastMatcher().prepare(s).reduced
+    np.testing.assert_array_equal(mine.lattice.matrix, ref.lattice.matrix)
+    np.testing.assert_array_equal(mine.frac_coords, ref.frac_coords)
+    assert [str(x) for x in mine.species] == [str(x) for x in ref.species]
+    if len(ref) < len(s):
+        counts = [int(c) for c in s.composition.as_dict().values()]
+        assert _may_have_smaller_cell(_niggli_reduced(s), int(np.gcd.reduce(counts)))
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(
+    m=st.lists(st.floats(-6, 6, allow_nan=False), min_size=9, max_size=9),
+    f=st.lists(st.floats(0, 1, allow_nan=False), min_size=6, max_size=6),
+)
+def test_niggli_reduction_is_pymatgens(m, f):
+    """The lean Niggli step (vectorised final mapping) equals get_reduced_structure bit for bit,
+    skewed and left-handed cells included."""
+    from xtal_eval.matching import _fast_niggli_ok, _niggli_reduced
+
+    assert _fast_niggli_ok()  # the vectorised path is the one under test
+    matrix = np.array(m).reshape(3, 3) + np.diag([4.0, 4.5, 5.0])
+    if abs(np.linalg.det(matrix)) < 5:
+        return
+    s = Structure(Lattice(matrix), ["Na", "Cl"], np.array(f).reshape(2, 3))
+    ref = s.get_reduced_structure()
+    mine = _niggli_reduced(s)
+    np.testing.assert_array_equal(mine.lattice.matrix, ref.lattice.matrix)
+    np.testing.assert_array_equal(mine.frac_coords, ref.frac_coords)

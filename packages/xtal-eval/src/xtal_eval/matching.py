@@ -216,16 +216,24 @@ class FastMatcher:
         -------
         Prepared
         """
-        (processed,) = self.matcher._process_species([structure])
-        comp_hash = self.matcher._comparator.get_hash(processed.composition)
-        site_ordered = _SiteOrdered.from_sites(processed)
         primitive = self.primitive_cell
-        if primitive and _species_gcd(processed) == 1:
+        gcd = _species_gcd(structure)
+        if primitive and gcd == 1:
             # pymatgen's get_primitive_structure only tries supercell matrices whose determinant
             # divides the gcd of the per-species site counts; with gcd 1 there are none and it
             # returns a copy of its input, so the (expensive) search can be skipped
             primitive = False
-        reduced = Structure.from_sites(self._reduce(site_ordered, primitive, True))
+        reduced = None
+        if self.lean and not self.matcher._ignored_species:
+            # the same arithmetic without pymatgen's four intermediate copies of the structure
+            niggli = _niggli_reduced(structure)
+            if not primitive or not _may_have_smaller_cell(niggli, gcd):
+                processed, reduced = structure, niggli
+        if reduced is None:
+            (processed,) = self.matcher._process_species([structure])
+            site_ordered = _SiteOrdered.from_sites(processed)
+            reduced = Structure.from_sites(self._reduce(site_ordered, primitive, True))
+        comp_hash = self.matcher._comparator.get_hash(processed.composition)
         return Prepared(
             reduced=reduced,
             comp_hash=comp_hash,
@@ -253,6 +261,27 @@ class FastMatcher:
             s2.lattice = Lattice(s2.lattice.matrix / ratio)
         return s1, s2
 
+    def _scaled_arrays(
+        self, a: Prepared, b: Prepared
+    ) -> tuple[Lattice, np.ndarray, Lattice, np.ndarray]:
+        """What the search reads of :meth:`_scaled_pair`'s structures, without copying them:
+        the scaled lattices, the Cartesian coordinates of ``s1`` and the fractional ones of ``s2``.
+
+        Same operations as pymatgen: setting a structure's lattice keeps the fractional
+        coordinates and recomputes each site's Cartesian ones as ``np.dot(frac, matrix)``.
+        """
+        lat1, lat2 = a.reduced.lattice, b.reduced.lattice
+        f1 = a.reduced.frac_coords
+        if self.scale:
+            ratio = (lat2.volume / (lat1.volume * 1)) ** (1 / 6)
+            lat1 = Lattice(lat1.matrix * ratio)
+            lat2 = Lattice(lat2.matrix / ratio)
+            m1 = lat1.matrix
+            cc = np.array([np.dot(f, m1) for f in f1])
+        else:
+            cc = np.array(a.reduced.cart_coords)
+        return lat1, cc, lat2, np.array(b.reduced.frac_coords)
+
     def rms(self, a: Prepared, b: Prepared) -> float | None:
         """Normalised RMS displacement of the best match (``get_rms_dist(a, b)[0]``) or None.
 
@@ -268,33 +297,29 @@ class FastMatcher:
         """
         if not self.can_match(a, b):
             return None
-        s1, s2 = self._scaled_pair(a, b)
-        match = self._search(s1, s2, use_rms=True, break_on_match=False, key=(a, b))
+        match = self._search(a, b, use_rms=True, break_on_match=False)
         return None if match is None else float(match)
 
     def has_match(self, a: Prepared, b: Prepared) -> bool:
         """``get_rms_dist(a, b) is not None``, stopping at the first acceptable alignment."""
         if not self.can_match(a, b):
             return False
-        s1, s2 = self._scaled_pair(a, b)
-        return self._search(s1, s2, use_rms=True, break_on_match=True, key=(a, b)) is not None
+        return self._search(a, b, use_rms=True, break_on_match=True) is not None
 
     def fit(self, a: Prepared, b: Prepared) -> bool:
         """``StructureMatcher.fit(a, b)`` (maximum site distance <= stol, first match wins)."""
         if not self.can_match(a, b):
             return False
-        s1, s2 = self._scaled_pair(a, b)
-        match = self._search(s1, s2, use_rms=False, break_on_match=True, key=(a, b))
+        match = self._search(a, b, use_rms=False, break_on_match=True)
         return match is not None and bool(match <= self.tolerances.stol)
 
     def _search(
         self,
-        s1: Structure,
-        s2: Structure,
+        a: Prepared,
+        b: Prepared,
         *,
         use_rms: bool,
         break_on_match: bool,
-        key: tuple[Prepared, Prepared] | None = None,
     ) -> float | None:
         """The best match value of ``StructureMatcher._strict_match(s1, s2, fu=1)`` or None.
 
@@ -305,15 +330,17 @@ class FastMatcher:
         translation, and without building intermediate ``Lattice`` objects.
         """
         if not self.lean:
+            s1, s2 = self._scaled_pair(a, b)
             m = self.matcher._match(s1, s2, 1, True, use_rms=use_rms, break_on_match=break_on_match)
             return None if m is None else m[0]
         sm = self.matcher
         stol = sm.stol
         # the mask depends only on the two species sequences: computed once per pair of sequences
-        mkey = (key[0].species_key, key[1].species_key) if key and key[0].species_key else None
+        mkey = (a.species_key, b.species_key) if a.species_key else None
         cached = self._masks.get(mkey) if mkey is not None else None
         if cached is None:
-            cached = sm._get_mask(s1, s2, 1, True)
+            # species only: the unscaled structures give the same mask
+            cached = sm._get_mask(a.reduced, b.reduced, 1, True)
             if mkey is not None:
                 if len(self._masks) > 4096:
                     self._masks.clear()
@@ -324,25 +351,25 @@ class FastMatcher:
         rows, cols = linear_sum_assignment(mask)
         if mask[rows, cols].sum() > 0:
             return None
-        s2_lat = s2.lattice
+        lat1, cc, s2_lat, s2fc = self._scaled_arrays(a, b)
         p2 = np.array(s2_lat.parameters)
-        s2fc = np.array(s2.frac_coords)
-        cc = np.array(s1.cart_coords)
         n1 = len(cc)
         best: float | None = None
-        aligned = _mappings(s1.lattice, s2_lat, sm.ltol, sm.angle_tol)
+        aligned = _mappings(lat1, s2_lat, sm.ltol, sm.angle_tol)
         if len(aligned) == 0:
             return None
         # a vectorised, slightly widened version of the translation test below: a mapping none of
         # whose translations passes it cannot pass the exact test, so it is skipped unchanged
-        survivors = _prefilter(aligned, cc, s2fc, p2, s1_t_inds, s2_t_ind, mask, stol)
+        inverses = np.linalg.inv(aligned)  # stacked: the same LAPACK call per matrix as one by one
+        possible = _prefilter(aligned, inverses, cc, s2fc, p2, s1_t_inds, s2_t_ind, mask, stol)
+        s1_t_inds = np.asarray(s1_t_inds)
         # mappings related by symmetry (at least every mapping and its inverse, -a -b -c) often
         # have bit-identical averaged parameters: their averaged lattice, its LLL reduction and
         # both fractional tolerances are computed once and reused (same values, no approximation)
         per_params: dict[bytes, list] = {}
-        for p in np.flatnonzero(survivors):
+        for p in np.flatnonzero(possible.any(axis=1)):
             latt_m = aligned[p]
-            fc = np.dot(cc, np.linalg.inv(latt_m))
+            fc = np.dot(cc, inverses[p])
             fc -= np.floor(fc)
             params = (np.array(_parameters(latt_m)) + p2) / 2
             entry = per_params.get(params.tobytes())
@@ -353,7 +380,7 @@ class FastMatcher:
                 entry = [avg_l, normalization, frac_tol, None]
                 per_params[params.tobytes()] = entry
             avg_l, normalization, frac_tol, lll_frac_tol = entry
-            for s1i in s1_t_inds:
+            for s1i in s1_t_inds[possible[p]]:
                 t = fc[s1i] - s2fc[s2_t_ind]
                 t_s2fc = s2fc + t
                 if not is_coord_subset_pbc(t_s2fc, fc, frac_tol, mask):
@@ -383,9 +410,12 @@ class FastMatcher:
         return None
 
 
-def _mappings(lat1: Lattice, lat2: Lattice, ltol: float, atol: float) -> np.ndarray:
+def _mappings(
+    lat1: Lattice, lat2: Lattice, ltol: float, atol: float, unimodular: bool = True
+) -> np.ndarray:
     """The aligned matrices of ``lat1.find_all_mappings(lat2, ltol, atol)``, in the same order,
-    keeping those whose integer scale matrix has |det| = 1 (what ``StructureMatcher`` keeps).
+    keeping those whose integer scale matrix has |det| = 1 (what ``StructureMatcher`` keeps); with
+    ``unimodular=False`` only the one ``lat1.find_mapping(lat2, ltol, atol, True)`` returns.
 
     Returns
     -------
@@ -410,9 +440,10 @@ def _mappings(lat1: Lattice, lat2: Lattice, ltol: float, atol: float) -> np.ndar
         x[x < -1] = -1
         return np.rad2deg(np.arccos(x))
 
-    alpha_b = np.isclose(angles(c_b, c_c, l_b, l_c), alpha, atol=atol, rtol=0)
-    beta_b = np.isclose(angles(c_a, c_c, l_a, l_c), beta, atol=atol, rtol=0)
-    gamma_b = np.isclose(angles(c_a, c_b, l_a, l_b), gamma, atol=atol, rtol=0)
+    # np.isclose(x, y, atol, rtol=0) is |x - y| <= atol (the angles are finite)
+    alpha_b = np.abs(angles(c_b, c_c, l_b, l_c) - alpha) <= atol
+    beta_b = np.abs(angles(c_a, c_c, l_a, l_c) - beta) <= atol
+    gamma_b = np.abs(angles(c_a, c_b, l_a, l_b) - gamma) <= atol
     # pymatgen loops over i, then np.argwhere over (j, k): row-major order of the 3-D mask
     ijk = np.argwhere(gamma_b[:, :, None] & alpha_b[None, :, :] & beta_b[:, None, :])
     if len(ijk) == 0:
@@ -420,7 +451,15 @@ def _mappings(lat1: Lattice, lat2: Lattice, ltol: float, atol: float) -> np.ndar
     i, j, k = ijk.T
     scale = np.stack((f_a[i], f_b[j], f_c[k]), axis=1).astype(np.int64)
     det = np.abs(np.linalg.det(scale))
-    keep = (det >= 1e-8) & (np.abs(det - 1) <= 0.5)
+    keep = det >= 1e-8
+    if unimodular:
+        keep &= np.abs(det - 1) <= 0.5
+    else:
+        # find_mapping (pymatgen >= 2025.6) prefers the first proper map, det(scale) > 0
+        proper = np.flatnonzero(keep & (np.linalg.det(scale) > 0))
+        first = proper[:1] if len(proper) else np.flatnonzero(keep)[:1]
+        keep = np.zeros_like(keep)
+        keep[first] = True
     return np.stack((c_a[i[keep]], c_b[j[keep]], c_c[k[keep]]), axis=1)
 
 
@@ -433,6 +472,7 @@ _PREFILTER_CHUNK = 1_000_000
 
 def _prefilter(
     aligned: np.ndarray,
+    inverses: np.ndarray,
     cc: np.ndarray,
     s2fc: np.ndarray,
     p2: np.ndarray,
@@ -441,7 +481,7 @@ def _prefilter(
     mask: np.ndarray,
     stol: float,
 ) -> np.ndarray:
-    """Which mappings may have a translation passing ``is_coord_subset_pbc`` (a superset, exact).
+    """Which (mapping, translation) pairs may pass ``is_coord_subset_pbc`` (a superset, exact).
 
     The same quantities as the exact loop (fractional coordinates in the aligned lattice, the
     averaged lattice and its fractional tolerance), computed for all mappings at once, with the
@@ -450,7 +490,7 @@ def _prefilter(
     """
     n_map = len(aligned)
     n1 = len(cc)
-    fc = np.einsum("nj,pjk->pnk", cc, np.linalg.inv(aligned))
+    fc = np.einsum("nj,pjk->pnk", cc, inverses)
     fc -= np.floor(fc)
     lengths = np.sqrt(np.sum(aligned**2, axis=2))
     cosines = np.empty((n_map, 3))
@@ -470,7 +510,7 @@ def _prefilter(
     allowed = ~np.asarray(mask, dtype=bool)  # (n2, n1)
     n2 = len(s2fc)
     t_inds = np.asarray(s1_t_inds)
-    out = np.zeros(n_map, dtype=bool)
+    out = np.zeros((n_map, len(t_inds)), dtype=bool)
     per_map = max(1, len(t_inds) * n2 * n1 * 3)
     step = max(1, _PREFILTER_CHUNK // per_map)
     for lo in range(0, n_map, step):
@@ -480,7 +520,7 @@ def _prefilter(
         d = moved[:, :, :, None, :] - f[:, None, None, :, :]  # (P, T, n2, n1, 3)
         d = np.abs(d - np.round(d))
         close = np.all(d <= tol[lo : lo + step, None, None, None, :], axis=-1) & allowed
-        out[lo : lo + step] = np.any(np.all(np.any(close, axis=-1), axis=-1), axis=-1)
+        out[lo : lo + step] = np.all(np.any(close, axis=-1), axis=-1)
     return out
 
 
@@ -499,6 +539,117 @@ def _from_parameters(params: np.ndarray) -> np.ndarray:
     m[:, 1, 2] = b * cos[:, 0]
     m[:, 2, 2] = c
     return m
+
+
+def _niggli_reduced(structure: Structure) -> Structure:
+    """``structure.get_reduced_structure("niggli")`` with the same floating-point operations.
+
+    pymatgen keeps the structure (a copy) when the Niggli lattice equals the input lattice
+    (``np.allclose``); otherwise every site's Cartesian coordinates (``np.dot(frac, matrix)``, site
+    by site) are converted to fractional coordinates of the reduced lattice (``np.dot(cart,
+    inv_matrix)``) and wrapped into the unit cell component by component (``np.mod(x, 1)``).
+    """
+    lattice = structure.lattice
+    frac = np.array(structure.frac_coords)
+    species = structure.species_and_occu
+    if _fast_niggli_ok():
+        niggli = _NiggliLattice(lattice.matrix, pbc=lattice.pbc).get_niggli_reduced_lattice()
+        reduced = Lattice(niggli.matrix, pbc=niggli.pbc)
+    else:  # pragma: no cover - a pymatgen whose find_mapping picks another map
+        reduced = lattice.get_niggli_reduced_lattice()
+    if reduced != lattice:
+        m, inv = lattice.matrix, reduced.inv_matrix
+        frac = np.array(
+            [[np.mod(x, 1) for x in np.dot(np.dot(f, m), inv)] for f in frac], dtype=np.float64
+        )
+        lattice = reduced
+    return Structure(lattice, species, frac)
+
+
+class _NiggliLattice(Lattice):
+    """A Lattice whose ``find_mapping`` (the last step of pymatgen's Niggli reduction, which
+    re-expresses the reduced parameters in this lattice's frame) is the vectorised ``_mappings``:
+    the same first mapping, without pymatgen's per-candidate Python loop."""
+
+    def find_mapping(self, other_lattice, ltol=1e-5, atol=1, skip_rotation_matrix=False):
+        if not skip_rotation_matrix:  # pragma: no cover - the Niggli code skips it
+            return super().find_mapping(other_lattice, ltol, atol, skip_rotation_matrix)
+        aligned = _mappings(self, other_lattice, ltol, atol, unimodular=False)
+        if len(aligned) == 0:
+            return None
+        return Lattice(aligned[0]), None, None
+
+
+_FAST_NIGGLI: list[bool] = []
+#: lattices whose Niggli reduction depends on find_mapping's choice among several maps
+_NIGGLI_PROBES = (
+    [[-4.82235393, 0.0, -2.1512276], [-0.95965171, 4.72590372, 2.1512276], [4.8, 0.1, -4.3]],
+    [[5.96746936, 0.0, 0.02044448], [0.02307407, 5.99148052, 0.02176586], [0.0, 0.0, 8.4527219]],
+    [[3.0, 0.0, 0.0], [1.5, 2.6, 0.0], [0.0, 0.0, 5.0]],
+    [[4.0, 0.1, 0.2], [0.3, 4.1, 0.0], [2.0, 2.0, 2.1]],
+)
+
+
+def _fast_niggli_ok() -> bool:
+    """Whether ``_NiggliLattice`` reproduces this pymatgen's Niggli reduction bit for bit (checked
+    once per process on lattices where the choice of map matters; otherwise pymatgen is used)."""
+    if not _FAST_NIGGLI:
+        ok = True
+        for m in _NIGGLI_PROBES:
+            for sign in (1, -1):
+                lat = Lattice(np.array(m) * sign)
+                fast = _NiggliLattice(lat.matrix).get_niggli_reduced_lattice()
+                ok &= bool(np.array_equal(fast.matrix, lat.get_niggli_reduced_lattice().matrix))
+        _FAST_NIGGLI.append(ok)
+    return _FAST_NIGGLI[0]
+
+
+#: ``get_primitive_structure``'s default site tolerance (Angstrom), used by StructureMatcher
+_PRIMITIVE_TOL = 0.25
+#: relative widening of the primitive-cell precheck's tolerance (see ``_may_have_smaller_cell``)
+_PRIMITIVE_SLACK = 1e-6
+
+
+def _may_have_smaller_cell(structure: Structure, num_fu: int) -> bool:
+    """False only if ``structure.get_primitive_structure()`` certainly returns a copy of its input.
+
+    pymatgen's search starts from the translations between the sites of the least frequent
+    species and keeps those that map every site onto a site of the same species within twice
+    the fractional tolerance (``min_vecs``); a supercell matrix is only tried if every row of
+    its inverse is within the tolerance of one of them. This runs the same translation test
+    vectorised with the tolerance widened by ``_PRIMITIVE_SLACK`` (so it keeps a superset). If
+    only the zero translation survives, every inverse row must be within the fractional tolerance
+    of an integer vector; a supercell of determinant > 1 has a diagonal entry ``1/d`` with
+    ``2 <= d <= num_fu``, which is farther than that whenever the tolerance is at most
+    ``1/num_fu``, so no smaller cell can be returned.
+    """
+    abc = np.array(structure.lattice.abc)
+    super_ftol = _PRIMITIVE_TOL / abc
+    if np.any(super_ftol > 1 / num_fu):
+        return True
+    frac = np.array(structure.frac_coords)
+    labels = [site.species_string for site in structure]
+    order = sorted(range(len(labels)), key=lambda i: labels[i])  # pymatgen's stable sort
+    groups: dict[str, list[int]] = {}
+    for i in order:
+        groups.setdefault(labels[i], []).append(i)
+    grouped = [frac[idx] for idx in groups.values()]
+    smallest = min(grouped, key=len)
+    vecs = smallest[1:] - smallest[0]
+    if len(vecs) == 0:
+        return False
+    tol = 2 * super_ftol * (1 + _PRIMITIVE_SLACK)
+    keep = np.ones(len(vecs), dtype=bool)
+    for g in grouped:
+        # v survives if for every site f of the group some site g' of the group has
+        # v ~ g' - f (periodically, per component)
+        d = vecs[:, None, None, :] - (g[None, None, :, :] - g[None, :, None, :])
+        d = np.abs(d - np.round(d))
+        ok = np.all(d <= tol, axis=-1)  # (V, f, g')
+        keep &= np.all(np.any(ok, axis=2), axis=1)
+        if not keep.any():
+            return False
+    return True
 
 
 def _species_key(structure: Structure) -> tuple:
