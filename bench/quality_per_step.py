@@ -53,11 +53,20 @@ def main() -> None:
         help="folder with test.csv.gz (default: ../shared/data/mp_20_partial)",
     )
     ap.add_argument("--checkpoint", default="default", help="'default' or a checkpoint path")
-    ap.add_argument("--split", default="test", choices=["test", "val"],
-                    help="split to draw targets from (val: for choosing sampling settings)")
+    ap.add_argument(
+        "--split",
+        default="test",
+        choices=["test", "val"],
+        help="split to draw targets from (val: for choosing sampling settings)",
+    )
     ap.add_argument("--subset", type=int, default=1000, help="targets (fixed seed)")
-    ap.add_argument("--anti-annealing", nargs="+", type=float, default=[None],
-                    help="anti-annealing slopes s' to try (default: the checkpoint's)")
+    ap.add_argument(
+        "--anti-annealing",
+        nargs="+",
+        type=float,
+        default=[None],
+        help="anti-annealing slopes s' to try (default: the checkpoint's)",
+    )
     ap.add_argument("--grid", nargs="+", default=DEFAULT_GRID, help="SOLVER:S1,S2,... entries")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="OMP/torch threads of the sampler")

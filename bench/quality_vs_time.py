@@ -37,8 +37,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", required=True, help="training run folder (with snapshots/)")
     ap.add_argument("--dataset-dir", required=True, help="folder with <split>.csv(.gz)")
-    ap.add_argument("--split", default="test", choices=["test", "val"],
-                    help="val: choose a snapshot by validation match rate (then score it on test)")
+    ap.add_argument(
+        "--split",
+        default="test",
+        choices=["test", "val"],
+        help="val: choose a snapshot by validation match rate (then score it on test)",
+    )
     ap.add_argument("--subset", type=int, default=None, help="targets (fixed seed; all)")
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--solver", default="euler")

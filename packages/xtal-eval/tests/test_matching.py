@@ -175,8 +175,9 @@ def test_prepared_cell_equals_pymatgen_reduced_structure(csp_data, dng_data):
 @settings(max_examples=30, deadline=None, derandomize=True)
 @given(
     idx=st.integers(0, 29),
-    supercell=st.sampled_from([[2, 1, 1], [1, 1, 3], [[1, 1, 0], [0, 1, 0], [0, 0, 2]],
-                               [[1, 0, 1], [0, 2, 0], [0, 0, 1]]]),  # fmt: skip
+    supercell=st.sampled_from(
+        [[2, 1, 1], [1, 1, 3], [[1, 1, 0], [0, 1, 0], [0, 0, 2]], [[1, 0, 1], [0, 2, 0], [0, 0, 1]]]
+    ),  # fmt: skip
     noise=st.sampled_from([0.0, 0.02, 0.3]),
     seed=st.integers(0, 2**16),
 )
