@@ -46,6 +46,9 @@ def main() -> None:
     ap.add_argument("--subset", type=int, default=None, help="targets (fixed seed; all)")
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--solver", default="euler")
+    ap.add_argument(
+        "--anti-annealing", type=float, default=None, help="slope s' (default: the checkpoint's)"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--final", action="store_true", help="also evaluate model_last.safetensors")
     ap.add_argument("--out", default=None, help="default bench/results/quality_vs_time-<run name>")
@@ -72,6 +75,7 @@ def main() -> None:
         "run": run_dir.name, "model_config": config.get("model"), "train_config": config.get("train"),
         "targets": f"{n_targets} of {test.name} (seed {args.seed})" if args.subset else
         f"all {n_targets} of {test.name}", "steps": args.steps, "solver": args.solver,
+        "anti_annealing": args.anti_annealing,
         "machine": machine(), "date": today(),
     })  # fmt: skip
     models = sorted((run_dir / "snapshots").glob("model_step*.safetensors"))
@@ -87,7 +91,9 @@ def main() -> None:
         log = out / f"{tag}.log"
         run([*crystalflow(), "sample", "--from-csv", str(targets), "-n", "1", "-o", str(samples),
              "--steps", str(args.steps), "--solver", args.solver, "--seed", str(args.seed),
-             "--device", "cpu", "--resume", "--checkpoint", str(path)], log)  # fmt: skip
+             "--device", "cpu", "--resume", "--checkpoint", str(path)]
+            + ([] if args.anti_annealing is None else ["--anti-annealing", str(args.anti_annealing)]),
+            log)  # fmt: skip
         metrics_path = out / f"metrics-{tag}.json"
         run([*crystalflow(), "evaluate", "csp", "--pred", str(samples), "--targets", str(targets),
              "-k", "1", "--json", str(metrics_path), "--on-error", "invalid"], log)  # fmt: skip

@@ -77,6 +77,13 @@ def main() -> None:
     ap.add_argument("-k", type=int, nargs="+", default=[1, 20])
     ap.add_argument("--steps", type=int, default=100, help="integration steps S")
     ap.add_argument("--solver", default="euler")
+    ap.add_argument(
+        "--anti-annealing",
+        type=float,
+        default=None,
+        help="anti-annealing slope s' (default: the checkpoint's, 5 for CSP as in the paper); "
+        "choose it on the validation split (bench/quality_per_step.py --split val)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", type=Path, help="work folder (default bench/results/table1-<dataset>)")
@@ -123,6 +130,8 @@ def main() -> None:
            "--device", args.device, "--resume"]  # fmt: skip
     if ckpt != "default":
         cmd += ["--checkpoint", ckpt]
+    if args.anti_annealing is not None:
+        cmd += ["--anti-annealing", str(args.anti_annealing)]
     t0 = time.perf_counter()
     budget["sample_wall_s"] = round(run(cmd, log), 1)
     metrics_path = out / "metrics.json"
@@ -140,6 +149,7 @@ def main() -> None:
         "targets": n_targets if args.subset is None else f"{n_targets} (subset, seed {args.seed})",
         "steps": args.steps,
         "solver": args.solver,
+        "anti_annealing": args.anti_annealing,
         "metrics": metrics,
         "paper": {"k1": paper1, "k20": paper20},
         "budget": budget,
@@ -150,8 +160,9 @@ def main() -> None:
         m = metrics[str(k)]
         rmse = "n/a" if m["rmse"] is None else f"{m['rmse']:.4f}"
         cells.append(f"MR@{k} {100 * m['match_rate']:.2f}% / RMSE {rmse}")
+    aa = "" if args.anti_annealing is None else f" s'={args.anti_annealing:g}"
     line = (f"| {args.dataset} ({train_label}) | {' ; '.join(cells)} | {row['targets']} targets, "
-            f"S={args.steps} {args.solver} | {json.dumps(budget['training'])} | {budget['device']}, "
+            f"S={args.steps} {args.solver}{aa} | {json.dumps(budget['training'])} | {budget['device']}, "
             f"{budget['date']} |")  # fmt: skip
     (out / "row.md").write_text(portable(line) + "\n")
     print(line)

@@ -217,7 +217,8 @@ class FastMatcher:
         Prepared
         """
         primitive = self.primitive_cell
-        gcd = _species_gcd(structure)
+        labels = _labels(structure)
+        gcd = _species_gcd(structure, labels)
         if primitive and gcd == 1:
             # pymatgen's get_primitive_structure only tries supercell matrices whose determinant
             # divides the gcd of the per-species site counts; with gcd 1 there are none and it
@@ -227,24 +228,26 @@ class FastMatcher:
         if self.lean and not self.matcher._ignored_species:
             # the same arithmetic without pymatgen's four intermediate copies of the structure
             niggli = _niggli_reduced(structure)
-            if not primitive or not _may_have_smaller_cell(niggli, gcd):
+            if not primitive or not _may_have_smaller_cell(niggli, gcd, labels):
                 processed, reduced = structure, niggli
         if reduced is None:
             (processed,) = self.matcher._process_species([structure])
             site_ordered = _SiteOrdered.from_sites(processed)
             reduced = Structure.from_sites(self._reduce(site_ordered, primitive, True))
-        comp_hash = self.matcher._comparator.get_hash(processed.composition)
+        composition = processed.composition
         return Prepared(
             reduced=reduced,
-            comp_hash=comp_hash,
-            formula=processed.composition.reduced_formula,
+            comp_hash=self.matcher._comparator.get_hash(composition),
+            formula=composition.reduced_formula,
             species_key=_species_key(reduced),
         )
 
     def composition_hash(self, structure: Structure) -> Composition:
         """The comparator hash (fractional composition) :meth:`prepare` stores, without reducing."""
-        (processed,) = self.matcher._process_species([structure])
-        return self.matcher._comparator.get_hash(processed.composition)
+        if self.matcher._ignored_species:
+            (structure,) = self.matcher._process_species([structure])
+        # without ignored species _process_species is a plain copy: same composition
+        return self.matcher._comparator.get_hash(structure.composition)
 
     @staticmethod
     def can_match(a: Prepared, b: Prepared) -> bool:
@@ -273,7 +276,8 @@ class FastMatcher:
         lat1, lat2 = a.reduced.lattice, b.reduced.lattice
         f1 = a.reduced.frac_coords
         if self.scale:
-            ratio = (lat2.volume / (lat1.volume * 1)) ** (1 / 6)
+            # _volume: Lattice.volume's operations without its wrappers
+            ratio = (_volume(lat2.matrix) / (_volume(lat1.matrix) * 1)) ** (1 / 6)
             lat1 = Lattice(lat1.matrix * ratio)
             lat2 = Lattice(lat2.matrix / ratio)
             m1 = lat1.matrix
@@ -352,7 +356,7 @@ class FastMatcher:
         if mask[rows, cols].sum() > 0:
             return None
         lat1, cc, s2_lat, s2fc = self._scaled_arrays(a, b)
-        p2 = np.array(s2_lat.parameters)
+        p2 = np.array(_parameters(s2_lat.matrix))  # = s2_lat.parameters, same operations
         n1 = len(cc)
         best: float | None = None
         aligned = _mappings(lat1, s2_lat, sm.ltol, sm.angle_tol)
@@ -367,11 +371,17 @@ class FastMatcher:
         # have bit-identical averaged parameters: their averaged lattice, its LLL reduction and
         # both fractional tolerances are computed once and reused (same values, no approximation)
         per_params: dict[bytes, list] = {}
+        params_of: dict[bytes, np.ndarray] = {}
         for p in np.flatnonzero(possible.any(axis=1)):
             latt_m = aligned[p]
             fc = np.dot(cc, inverses[p])
             fc -= np.floor(fc)
-            params = (np.array(_parameters(latt_m)) + p2) / 2
+            # a mapping and its negation (-a, -b, -c) have bit-identical parameters (the same
+            # squares and products): computed once
+            params = params_of.get((-latt_m).tobytes())
+            if params is None:
+                params = (np.array(_parameters(latt_m)) + p2) / 2
+            params_of[latt_m.tobytes()] = params
             entry = per_params.get(params.tobytes())
             if entry is None:
                 avg_l = _CachedLattice.from_parameters(*params)
@@ -610,7 +620,9 @@ _PRIMITIVE_TOL = 0.25
 _PRIMITIVE_SLACK = 1e-6
 
 
-def _may_have_smaller_cell(structure: Structure, num_fu: int) -> bool:
+def _may_have_smaller_cell(
+    structure: Structure, num_fu: int, labels: list[str] | None = None
+) -> bool:
     """False only if ``structure.get_primitive_structure()`` certainly returns a copy of its input.
 
     pymatgen's search starts from the translations between the sites of the least frequent
@@ -628,7 +640,7 @@ def _may_have_smaller_cell(structure: Structure, num_fu: int) -> bool:
     if np.any(super_ftol > 1 / num_fu):
         return True
     frac = np.array(structure.frac_coords)
-    labels = [site.species_string for site in structure]
+    labels = labels if labels is not None else _labels(structure)
     order = sorted(range(len(labels)), key=lambda i: labels[i])  # pymatgen's stable sort
     groups: dict[str, list[int]] = {}
     for i in order:
@@ -661,12 +673,17 @@ def _species_key(structure: Structure) -> tuple:
     )
 
 
-def _species_gcd(structure: Structure) -> int:
+def _species_gcd(structure: Structure, labels: list[str] | None = None) -> int:
     """gcd of the numbers of sites per species string (``get_primitive_structure``'s ``num_fu``)."""
     counts: dict[str, int] = {}
-    for site in structure:
-        counts[site.species_string] = counts.get(site.species_string, 0) + 1
+    for label in labels if labels is not None else _labels(structure):
+        counts[label] = counts.get(label, 0) + 1
     return math.gcd(*counts.values())
+
+
+def _labels(structure: Structure) -> list[str]:
+    """The species string of every site (what ``get_primitive_structure`` groups by)."""
+    return [site.species_string for site in structure]
 
 
 def _reciprocal_abc(matrix: np.ndarray) -> np.ndarray:

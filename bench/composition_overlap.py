@@ -1,0 +1,105 @@
+"""How many test targets share their composition with a *different* training structure.
+
+A one-candidate CSP model is asked for "the" structure of a composition. When the training split
+already holds that composition in another arrangement (on Perov-5: the same five atoms with the
+A/B cations or the anions on other sites), a model that learned the training structure answers
+with it and misses the target, and nothing in the composition tells the two apart. This script
+counts, for each target of a split, whether its reduced formula occurs in the training split and,
+if so, whether any training structure of that formula matches it (pymatgen StructureMatcher,
+benchmark tolerances). Given a folder of sampled candidates (``crystalflow sample --from-csv``,
+one per target) it also splits MR@1 by these classes.
+
+    uv run python bench/composition_overlap.py --dataset-dir ../shared/data/perov_5 --split test
+    uv run python bench/composition_overlap.py --dataset-dir ../shared/data/perov_5 --split test \\
+        --targets RUN/targets.csv.gz --samples RUN/samples --out bench/results/overlap.json
+
+``nox -s bench -- composition_overlap ARGS`` runs the same script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import sys
+import warnings
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from pymatgen.analysis.structure_matcher import StructureMatcher
+from pymatgen.core import Structure
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine, today, write_json  # noqa: E402
+
+csv.field_size_limit(2**31 - 1)
+
+
+def read_split(path: Path) -> list[tuple[str, Structure]]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    out = []
+    with opener(path, "rt") as fh, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for row in csv.DictReader(fh):
+            out.append((row["material_id"], Structure.from_str(row["cif"], fmt="cif")))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dataset-dir", required=True, type=Path, help="folder with train/<split>")
+    ap.add_argument("--split", default="test", choices=["test", "val"])
+    ap.add_argument("--targets", type=Path, help="targets CSV (default: the whole split)")
+    ap.add_argument("--samples", type=Path, help="folder of <material_id>_000.cif candidates")
+    ap.add_argument("--out", type=Path, help="JSON result file")
+    args = ap.parse_args()
+
+    matcher = StructureMatcher(stol=0.5, ltol=0.3, angle_tol=10)
+    train: dict[str, list[Structure]] = defaultdict(list)
+    for _, s in read_split(args.dataset_dir / "train.csv.gz"):
+        train[s.composition.reduced_formula].append(s)
+    targets = read_split(args.targets or args.dataset_dir / f"{args.split}.csv.gz")
+    counts: Counter = Counter()
+    matched: Counter = Counter()
+    for mid, target in targets:
+        same_formula = train.get(target.composition.reduced_formula, [])
+        if not same_formula:
+            cls = "formula_not_in_train"
+        elif any(matcher.fit(t, target) for t in same_formula):
+            cls = "same_structure_in_train"
+        else:
+            cls = "formula_in_train_other_structure"
+        counts[cls] += 1
+        if args.samples is not None:
+            cand = args.samples / f"{mid}_000.cif"
+            if cand.is_file():
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    ok = matcher.get_rms_dist(Structure.from_file(cand), target) is not None
+                matched[cls] += int(ok)
+    result = {
+        "benchmark": "composition overlap between a split and train (bench/composition_overlap.py)",
+        "dataset": args.dataset_dir.name,
+        "split": args.split,
+        "n_targets": len(targets),
+        "classes": {
+            c: {
+                "n": n,
+                "fraction": n / len(targets),
+                **({"mr1": matched[c] / n} if args.samples is not None and n else {}),
+            }
+            for c, n in sorted(counts.items())
+        },
+        "samples": None if args.samples is None else args.samples.name,
+        "machine": machine(),
+        "date": today(),
+    }
+    for c, v in result["classes"].items():
+        mr = f", MR@1 {100 * v['mr1']:.1f}%" if "mr1" in v else ""
+        print(f"{c}: {v['n']} ({100 * v['fraction']:.1f}%){mr}")
+    if args.out:
+        write_json(args.out, result)
+
+
+if __name__ == "__main__":
+    main()
