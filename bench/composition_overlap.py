@@ -7,7 +7,10 @@ with it and misses the target, and nothing in the composition tells the two apar
 counts, for each target of a split, whether its reduced formula occurs in the training split and,
 if so, whether any training structure of that formula matches it (pymatgen StructureMatcher,
 benchmark tolerances). Given a folder of sampled candidates (``crystalflow sample --from-csv``,
-one per target) it also splits MR@1 by these classes.
+one per target) it also splits MR@1 by these classes and counts the candidates that the benchmark
+criterion (``get_rms_dist`` is not None) matches to the target *and* to a different training
+structure of the same formula: a candidate loose enough to pass for two arrangements scores
+without having chosen one.
 
     uv run python bench/composition_overlap.py --dataset-dir ../shared/data/perov_5 --split test
     uv run python bench/composition_overlap.py --dataset-dir ../shared/data/perov_5 --split test \\
@@ -51,6 +54,7 @@ def main() -> None:
     ap.add_argument("--split", default="test", choices=["test", "val"])
     ap.add_argument("--targets", type=Path, help="targets CSV (default: the whole split)")
     ap.add_argument("--samples", type=Path, help="folder of <material_id>_000.cif candidates")
+    ap.add_argument("--limit", type=int, help="only the first N targets")
     ap.add_argument("--out", type=Path, help="JSON result file")
     args = ap.parse_args()
 
@@ -59,8 +63,10 @@ def main() -> None:
     for _, s in read_split(args.dataset_dir / "train.csv.gz"):
         train[s.composition.reduced_formula].append(s)
     targets = read_split(args.targets or args.dataset_dir / f"{args.split}.csv.gz")
+    targets = targets[: args.limit] if args.limit else targets
     counts: Counter = Counter()
     matched: Counter = Counter()
+    both: Counter = Counter()
     for mid, target in targets:
         same_formula = train.get(target.composition.reduced_formula, [])
         if not same_formula:
@@ -75,7 +81,11 @@ def main() -> None:
             if cand.is_file():
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    ok = matcher.get_rms_dist(Structure.from_file(cand), target) is not None
+                    pred = Structure.from_file(cand)
+                    ok = matcher.get_rms_dist(pred, target) is not None
+                    if ok and cls == "formula_in_train_other_structure":
+                        other = any(matcher.get_rms_dist(pred, t) is not None for t in same_formula)
+                        both[cls] += int(other)
                 matched[cls] += int(ok)
     result = {
         "benchmark": "composition overlap between a split and train (bench/composition_overlap.py)",
@@ -86,7 +96,11 @@ def main() -> None:
             c: {
                 "n": n,
                 "fraction": n / len(targets),
-                **({"mr1": matched[c] / n} if args.samples is not None and n else {}),
+                **(
+                    {"mr1": matched[c] / n, "matched_also_train_structure": both[c]}
+                    if args.samples is not None and n
+                    else {}
+                ),  # fmt: skip
             }
             for c, n in sorted(counts.items())
         },
@@ -95,7 +109,12 @@ def main() -> None:
         "date": today(),
     }
     for c, v in result["classes"].items():
-        mr = f", MR@1 {100 * v['mr1']:.1f}%" if "mr1" in v else ""
+        mr = ""
+        if "mr1" in v:
+            mr = f", MR@1 {100 * v['mr1']:.1f}%"
+            if c == "formula_in_train_other_structure":
+                mr += ", matched ones also matching the training structure: "
+                mr += f"{v['matched_also_train_structure']}"
         print(f"{c}: {v['n']} ({100 * v['fraction']:.1f}%){mr}")
     if args.out:
         write_json(args.out, result)

@@ -185,7 +185,7 @@ def test_prepared_supercell_equals_pymatgen(csp_data, idx, supercell, noise, see
     """Supercells (reducible, and not once perturbed) take the primitive-cell precheck; the
     result is still pymatgen's reduced structure array for array, and the precheck never rules
     out a cell pymatgen would reduce."""
-    from xtal_eval.matching import _may_have_smaller_cell, _niggli_reduced
+    from xtal_eval.matching import _may_have_smaller_cell, _niggli_arrays
 
     s = csp_data[1][idx].copy()
     s.make_supercell(supercell)
@@ -201,7 +201,9 @@ def test_prepared_supercell_equals_pymatgen(csp_data, idx, supercell, noise, see
     assert [str(x) for x in mine.species] == [str(x) for x in ref.species]
     if len(ref) < len(s):
         counts = [int(c) for c in s.composition.as_dict().values()]
-        assert _may_have_smaller_cell(_niggli_reduced(s), int(np.gcd.reduce(counts)))
+        lattice, frac = _niggli_arrays(s)
+        labels = [site.species_string for site in s]
+        assert _may_have_smaller_cell(lattice, frac, int(np.gcd.reduce(counts)), labels)
 
 
 @settings(max_examples=40, deadline=None, derandomize=True)

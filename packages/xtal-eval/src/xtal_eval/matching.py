@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from pymatgen.analysis.structure_matcher import StructureMatcher
@@ -120,23 +120,53 @@ class Prepared:
 
     Attributes
     ----------
-    reduced : Structure
-        The Niggli-reduced (and, if enabled, primitive) structure pymatgen would match.
+    lattice : Lattice
+        Lattice of the Niggli-reduced (and, if enabled, primitive) cell pymatgen would match.
+    frac_coords : ndarray, shape (N, 3)
+        Fractional coordinates of its sites.
+    species : list of Composition
+        Species (and occupancies) of its sites.
     comp_hash : Composition
         The comparator hash of the input composition (its fractional composition).
     formula : str
         Reduced formula (a hashable stand-in for ``comp_hash`` when grouping).
+    species_key : tuple
+        The exact species sequence (see ``_species_key``).
+    reduced : Structure
+        The reduced cell as a Structure (built on first access; the search itself works on the
+        arrays).
     """
 
-    reduced: Structure
+    lattice: Lattice
+    frac_coords: np.ndarray
+    species: list
     comp_hash: Composition
     formula: str = ""
     species_key: tuple = ()
+    _structure: Structure | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def from_structure(cls, reduced: Structure, **kwargs) -> Prepared:
+        """Wrap an already reduced Structure."""
+        return cls(
+            reduced.lattice,
+            np.array(reduced.frac_coords),
+            list(reduced.species_and_occu),
+            _structure=reduced,
+            **kwargs,
+        )
+
+    @property
+    def reduced(self) -> Structure:
+        """The reduced cell as a pymatgen Structure (same lattice, species and coordinates)."""
+        if self._structure is None:
+            self._structure = Structure(self.lattice, self.species, self.frac_coords)
+        return self._structure
 
     @property
     def n_sites(self) -> int:
         """Number of sites of the reduced structure."""
-        return len(self.reduced)
+        return len(self.frac_coords)
 
 
 def structure_key(structure: Structure) -> str:
@@ -224,22 +254,29 @@ class FastMatcher:
             # divides the gcd of the per-species site counts; with gcd 1 there are none and it
             # returns a copy of its input, so the (expensive) search can be skipped
             primitive = False
-        reduced = None
         if self.lean and not self.matcher._ignored_species:
             # the same arithmetic without pymatgen's four intermediate copies of the structure
-            niggli = _niggli_reduced(structure)
-            if not primitive or not _may_have_smaller_cell(niggli, gcd, labels):
-                processed, reduced = structure, niggli
-        if reduced is None:
-            (processed,) = self.matcher._process_species([structure])
-            site_ordered = _SiteOrdered.from_sites(processed)
-            reduced = Structure.from_sites(self._reduce(site_ordered, primitive, True))
+            lattice, frac = _niggli_arrays(structure)
+            if not primitive or not _may_have_smaller_cell(lattice, frac, gcd, labels):
+                composition = structure.composition
+                species = list(structure.species_and_occu)
+                return Prepared(
+                    lattice,
+                    frac,
+                    species,
+                    comp_hash=self.matcher._comparator.get_hash(composition),
+                    formula=composition.reduced_formula,
+                    species_key=_species_key(species),
+                )
+        (processed,) = self.matcher._process_species([structure])
+        site_ordered = _SiteOrdered.from_sites(processed)
+        reduced = Structure.from_sites(self._reduce(site_ordered, primitive, True))
         composition = processed.composition
-        return Prepared(
-            reduced=reduced,
+        return Prepared.from_structure(
+            reduced,
             comp_hash=self.matcher._comparator.get_hash(composition),
             formula=composition.reduced_formula,
-            species_key=_species_key(reduced),
+            species_key=_species_key(reduced.species_and_occu),
         )
 
     def composition_hash(self, structure: Structure) -> Composition:
@@ -273,8 +310,8 @@ class FastMatcher:
         Same operations as pymatgen: setting a structure's lattice keeps the fractional
         coordinates and recomputes each site's Cartesian ones as ``np.dot(frac, matrix)``.
         """
-        lat1, lat2 = a.reduced.lattice, b.reduced.lattice
-        f1 = a.reduced.frac_coords
+        lat1, lat2 = a.lattice, b.lattice
+        f1 = a.frac_coords
         if self.scale:
             # _volume: Lattice.volume's operations without its wrappers
             ratio = (_volume(lat2.matrix) / (_volume(lat1.matrix) * 1)) ** (1 / 6)
@@ -284,7 +321,7 @@ class FastMatcher:
             cc = np.array([np.dot(f, m1) for f in f1])
         else:
             cc = np.array(a.reduced.cart_coords)
-        return lat1, cc, lat2, np.array(b.reduced.frac_coords)
+        return lat1, cc, lat2, np.array(b.frac_coords)
 
     def rms(self, a: Prepared, b: Prepared) -> float | None:
         """Normalised RMS displacement of the best match (``get_rms_dist(a, b)[0]``) or None.
@@ -359,12 +396,12 @@ class FastMatcher:
         p2 = np.array(_parameters(s2_lat.matrix))  # = s2_lat.parameters, same operations
         n1 = len(cc)
         best: float | None = None
-        aligned = _mappings(lat1, s2_lat, sm.ltol, sm.angle_tol)
+        aligned = _mappings(lat1, s2_lat, sm.ltol, sm.angle_tol, params2=p2)
         if len(aligned) == 0:
             return None
         # a vectorised, slightly widened version of the translation test below: a mapping none of
         # whose translations passes it cannot pass the exact test, so it is skipped unchanged
-        inverses = np.linalg.inv(aligned)  # stacked: the same LAPACK call per matrix as one by one
+        inverses = _inv(aligned)  # stacked: the same LAPACK call per matrix as one by one
         possible = _prefilter(aligned, inverses, cc, s2fc, p2, s1_t_inds, s2_t_ind, mask, stol)
         s1_t_inds = np.asarray(s1_t_inds)
         # mappings related by symmetry (at least every mapping and its inverse, -a -b -c) often
@@ -421,7 +458,12 @@ class FastMatcher:
 
 
 def _mappings(
-    lat1: Lattice, lat2: Lattice, ltol: float, atol: float, unimodular: bool = True
+    lat1: Lattice,
+    lat2: Lattice,
+    ltol: float,
+    atol: float,
+    unimodular: bool = True,
+    params2: np.ndarray | None = None,
 ) -> np.ndarray:
     """The aligned matrices of ``lat1.find_all_mappings(lat2, ltol, atol)``, in the same order,
     keeping those whose integer scale matrix has |det| = 1 (what ``StructureMatcher`` keeps); with
@@ -431,8 +473,10 @@ def _mappings(
     -------
     ndarray, shape (P, 3, 3)
     """
-    lengths = lat2.lengths
-    alpha, beta, gamma = lat2.angles
+    # lat2.lengths and lat2.angles (params2 if given), with the same operations
+    params2 = np.array(_parameters(lat2.matrix)) if params2 is None else params2
+    lengths = tuple(params2[:3].tolist())
+    alpha, beta, gamma = params2[3:].tolist()
     frac, dist, _, _ = lat1.get_points_in_sphere(
         [[0, 0, 0]], [0, 0, 0], max(lengths) * (1 + ltol), zip_results=False
     )
@@ -552,6 +596,12 @@ def _from_parameters(params: np.ndarray) -> np.ndarray:
 
 
 def _niggli_reduced(structure: Structure) -> Structure:
+    """``structure.get_reduced_structure("niggli")`` (see ``_niggli_arrays``) as a Structure."""
+    lattice, frac = _niggli_arrays(structure)
+    return Structure(lattice, structure.species_and_occu, frac)
+
+
+def _niggli_arrays(structure: Structure) -> tuple[Lattice, np.ndarray]:
     """``structure.get_reduced_structure("niggli")`` with the same floating-point operations.
 
     pymatgen keeps the structure (a copy) when the Niggli lattice equals the input lattice
@@ -561,7 +611,6 @@ def _niggli_reduced(structure: Structure) -> Structure:
     """
     lattice = structure.lattice
     frac = np.array(structure.frac_coords)
-    species = structure.species_and_occu
     if _fast_niggli_ok():
         niggli = _NiggliLattice(lattice.matrix, pbc=lattice.pbc).get_niggli_reduced_lattice()
         reduced = Lattice(niggli.matrix, pbc=niggli.pbc)
@@ -573,7 +622,7 @@ def _niggli_reduced(structure: Structure) -> Structure:
             [[np.mod(x, 1) for x in np.dot(np.dot(f, m), inv)] for f in frac], dtype=np.float64
         )
         lattice = reduced
-    return Structure(lattice, species, frac)
+    return lattice, frac
 
 
 class _NiggliLattice(Lattice):
@@ -621,7 +670,7 @@ _PRIMITIVE_SLACK = 1e-6
 
 
 def _may_have_smaller_cell(
-    structure: Structure, num_fu: int, labels: list[str] | None = None
+    lattice: Lattice, frac: np.ndarray, num_fu: int, labels: list[str]
 ) -> bool:
     """False only if ``structure.get_primitive_structure()`` certainly returns a copy of its input.
 
@@ -635,12 +684,10 @@ def _may_have_smaller_cell(
     ``2 <= d <= num_fu``, which is farther than that whenever the tolerance is at most
     ``1/num_fu``, so no smaller cell can be returned.
     """
-    abc = np.array(structure.lattice.abc)
+    abc = np.array(lattice.abc)
     super_ftol = _PRIMITIVE_TOL / abc
     if np.any(super_ftol > 1 / num_fu):
         return True
-    frac = np.array(structure.frac_coords)
-    labels = labels if labels is not None else _labels(structure)
     order = sorted(range(len(labels)), key=lambda i: labels[i])  # pymatgen's stable sort
     groups: dict[str, list[int]] = {}
     for i in order:
@@ -664,12 +711,12 @@ def _may_have_smaller_cell(
     return True
 
 
-def _species_key(structure: Structure) -> tuple:
-    """The exact species sequence (element/species string and amount per site): equal keys mean
-    equal ``species_and_occu`` sequences, hence the same ``StructureMatcher._get_mask``."""
+def _species_key(species: list) -> tuple:
+    """The exact species sequence (element/species string and amount per site) of a
+    ``species_and_occu`` list: equal keys mean equal sequences, hence the same
+    ``StructureMatcher._get_mask``."""
     return tuple(
-        tuple(sorted((str(sp), float(amt)) for sp, amt in comp.items()))
-        for comp in structure.species_and_occu
+        tuple(sorted((str(sp), float(amt)) for sp, amt in comp.items())) for comp in species
     )
 
 
@@ -686,10 +733,22 @@ def _labels(structure: Structure) -> list[str]:
     return [site.species_string for site in structure]
 
 
+try:  # numpy's own kernel behind np.linalg.inv, without the wrapper's checks
+    from numpy.linalg import _umath_linalg
+
+    def _inv(matrix: np.ndarray) -> np.ndarray:
+        """``np.linalg.inv`` of float64 matrices (the same LAPACK kernel, so the same bits)."""
+        return _umath_linalg.inv(matrix, signature="d->d")
+
+except ImportError:  # pragma: no cover - a numpy without the private module
+    _inv = np.linalg.inv
+
+
 def _reciprocal_abc(matrix: np.ndarray) -> np.ndarray:
-    """``np.array(Lattice(matrix).reciprocal_lattice.abc)`` with pymatgen's exact operations."""
-    rec = np.array(np.linalg.inv(matrix).T * 2 * np.pi, dtype=np.float64).reshape((3, 3))
-    return np.array(np.sqrt(np.sum(rec**2, axis=1)).tolist())
+    """``np.array(Lattice(matrix).reciprocal_lattice.abc)`` with pymatgen's exact operations
+    (inverse, transpose, times 2 then times pi; square, sum along rows, square root)."""
+    rec = _inv(matrix).T * 2 * np.pi
+    return np.sqrt(np.add.reduce(rec**2, axis=1))
 
 
 class _CachedLattice(Lattice):
@@ -700,7 +759,7 @@ class _CachedLattice(Lattice):
     def lll_inverse(self) -> np.ndarray:
         cached = self.__dict__.get("_xe_lll_inverse")
         if cached is None:
-            cached = np.linalg.inv(self.lll_mapping)
+            cached = _inv(np.asarray(self.lll_mapping, dtype=np.float64))
             self.__dict__["_xe_lll_inverse"] = cached
         return cached
 
