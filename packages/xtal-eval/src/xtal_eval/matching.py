@@ -380,8 +380,8 @@ class FastMatcher:
         mkey = (a.species_key, b.species_key) if a.species_key else None
         cached = self._masks.get(mkey) if mkey is not None else None
         if cached is None:
-            # species only: the unscaled structures give the same mask
-            cached = sm._get_mask(a.reduced, b.reduced, 1, True)
+            # _get_mask reads only len() and species_and_occu of the two structures
+            cached = sm._get_mask(_SpeciesView(a.species), _SpeciesView(b.species), 1, True)
             if mkey is not None:
                 if len(self._masks) > 4096:
                     self._masks.clear()
@@ -726,6 +726,16 @@ def _species_gcd(structure: Structure, labels: list[str] | None = None) -> int:
     for label in labels if labels is not None else _labels(structure):
         counts[label] = counts.get(label, 0) + 1
     return math.gcd(*counts.values())
+
+
+class _SpeciesView:
+    """What ``StructureMatcher._get_mask`` reads of a structure (its length and site species)."""
+
+    def __init__(self, species: list) -> None:
+        self.species_and_occu = species
+
+    def __len__(self) -> int:
+        return len(self.species_and_occu)
 
 
 def _labels(structure: Structure) -> list[str]:
