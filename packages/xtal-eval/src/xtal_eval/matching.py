@@ -564,17 +564,29 @@ def _prefilter(
     allowed = ~np.asarray(mask, dtype=bool)  # (n2, n1)
     n2 = len(s2fc)
     t_inds = np.asarray(s1_t_inds)
+    # s2 sites with the same allowed s1 sites (the same species) are tested together, against
+    # those s1 sites only
+    groups: dict[bytes, list[int]] = {}
+    for j in range(n2):
+        groups.setdefault(allowed[j].tobytes(), []).append(j)
+    blocks = [(np.array(js), np.flatnonzero(allowed[js[0]])) for js in groups.values()]
     out = np.zeros((n_map, len(t_inds)), dtype=bool)
-    per_map = max(1, len(t_inds) * n2 * n1 * 3)
+    per_map = max(1, len(t_inds) * max(len(js) * len(ii) for js, ii in blocks) * 3)
     step = max(1, _PREFILTER_CHUNK // per_map)
     for lo in range(0, n_map, step):
         f = fc[lo : lo + step]  # (P, n1, 3)
         trans = f[:, t_inds, :] - s2fc[s2_t_ind]  # (P, T, 3)
-        moved = s2fc[None, None] + trans[:, :, None, :]  # (P, T, n2, 3)
-        d = moved[:, :, :, None, :] - f[:, None, None, :, :]  # (P, T, n2, n1, 3)
-        d = np.abs(d - np.round(d))
-        close = np.all(d <= tol[lo : lo + step, None, None, None, :], axis=-1) & allowed
-        out[lo : lo + step] = np.all(np.any(close, axis=-1), axis=-1)
+        t = tol[lo : lo + step, None, None, None, :]
+        ok = np.ones((len(f), len(t_inds)), dtype=bool)
+        for js, ii in blocks:
+            if len(ii) == 0:
+                ok[:] = False
+                break
+            moved = s2fc[js][None, None] + trans[:, :, None, :]  # (P, T, J, 3)
+            d = moved[:, :, :, None, :] - f[:, None, None, ii, :]  # (P, T, J, I, 3)
+            d = np.abs(d - np.round(d))
+            ok &= np.all(np.any(np.all(d <= t, axis=-1), axis=-1), axis=-1)
+        out[lo : lo + step] = ok
     return out
 
 
