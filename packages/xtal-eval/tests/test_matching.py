@@ -225,3 +225,39 @@ def test_niggli_reduction_is_pymatgens(m, f):
     mine = _niggli_reduced(s)
     np.testing.assert_array_equal(mine.lattice.matrix, ref.lattice.matrix)
     np.testing.assert_array_equal(mine.frac_coords, ref.frac_coords)
+
+
+def test_unusual_structures_equal_direct_calls():
+    """A one-atom cell, oxidation-state species, partial occupancies and a non-primitive fcc cell
+    (the primitive-cell path) against direct get_rms_dist / fit calls, perturbed and not."""
+    rng = np.random.default_rng(0)
+    fcc_sites = [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]
+    cases = [
+        Structure(Lattice.cubic(3.0), ["Cu"], [[0, 0, 0]]),
+        Structure(
+            Lattice.from_parameters(5, 5.2, 13, 90, 90, 120),
+            ["Fe3+"] * 4 + ["O2-"] * 6,
+            rng.random((10, 3)),
+        ),
+        Structure(Lattice.cubic(3.6), [{"Cu": 0.5, "Au": 0.5}] * 4, fcc_sites),
+        Structure(
+            Lattice([[3, 0, 0], [1.5, 2.6, 0], [0.2, 0.3, 9]]), ["Na", "Cl"] * 4, rng.random((8, 3))
+        ),  # fmt: skip
+        Structure(Lattice.cubic(3.6), ["Cu"] * 4, fcc_sites),
+    ]
+    perturbed = []
+    for s in cases:
+        noise = rng.normal(0, 0.05, (len(s), 3))
+        perturbed.append(
+            Structure(
+                s.lattice, s.species_and_occu, s.cart_coords + noise, coords_are_cartesian=True
+            )
+        )
+    direct = _direct(BENCHMARK_TOLERANCES)
+    fast = FastMatcher()
+    for a in cases + perturbed:
+        for b in cases:
+            ref = direct.get_rms_dist(a, b)
+            got = fast.rms(fast.prepare(a), fast.prepare(b))
+            assert got == (None if ref is None else ref[0])
+            assert fast.fit(fast.prepare(a), fast.prepare(b)) == direct.fit(a, b)
