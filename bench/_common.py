@@ -8,6 +8,7 @@ import platform
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import date
 from pathlib import Path
@@ -60,9 +61,10 @@ def run(cmd: list[str], log: Path | None = None) -> float:
 def portable(obj):
     """``obj`` with this checkout's absolute paths made relative (results are committed: they must
     not name a path of one particular machine). Inside the repo -> repo-relative; the shared data
-    folder next to it -> ``../shared/...``."""
+    folder next to it -> ``../shared/...``; the temporary directory -> ``$TMPDIR/``."""
     if isinstance(obj, str):
-        return obj.replace(str(REPO) + "/", "").replace(str(REPO.parent) + "/", "../")
+        out = obj.replace(str(REPO) + "/", "").replace(str(REPO.parent) + "/", "../")
+        return out.replace(tempfile.gettempdir().rstrip("/") + "/", "$TMPDIR/")
     if isinstance(obj, dict):
         return {k: portable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
