@@ -261,3 +261,48 @@ def test_unusual_structures_equal_direct_calls():
             got = fast.rms(fast.prepare(a), fast.prepare(b))
             assert got == (None if ref is None else ref[0])
             assert fast.fit(fast.prepare(a), fast.prepare(b)) == direct.fit(a, b)
+
+
+@pytest.mark.parametrize(
+    ("structure", "message"),
+    [
+        (Structure(Lattice.cubic(4.0), [], []), "no sites"),
+        (
+            Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [np.nan, 0.5, 0.5]]),
+            "coordinates have non-finite",
+        ),  # fmt: skip
+        (
+            Structure(Lattice(np.diag([np.inf, 4.0, 4.0])), ["Na"], [[0, 0, 0]]),
+            "lattice has non-finite",
+        ),
+        # pymatgen's own Niggli reduction does not finish on this cell
+        (
+            Structure(
+                Lattice(np.diag([4.0, 4.0, 1e-6])), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]
+            ),
+            "degenerate cell: volume 1.6e-05",
+        ),  # fmt: skip
+    ],
+)
+def test_unmatchable_structures_get_a_one_line_error(structure, message):
+    from xtal_eval.matching import XtalEvalError, matchable
+
+    assert not matchable(structure)
+    for lean in (True, False):
+        with pytest.raises(XtalEvalError, match=message):
+            FastMatcher(lean=lean).prepare(structure)
+
+
+def test_evaluate_csp_counts_an_unmatchable_candidate_as_invalid_or_names_it():
+    from xtal_eval import evaluate_csp
+    from xtal_eval.matching import XtalEvalError
+
+    target = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    flat = Structure(Lattice(np.diag([4.0, 4.0, 1e-6])), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    good = target.copy()
+    cands = [[flat, good]]
+    with pytest.raises(XtalEvalError, match="candidate 0 of target 0: degenerate cell"):
+        evaluate_csp([target], cands, (1, 2), gate="none", workers=1, on_error="raise")
+    report = evaluate_csp([target], cands, (1, 2), gate="none", workers=1, on_error="invalid")
+    assert report.metrics[1].match_rate == 0.0  # the flat candidate is unmatched ...
+    assert report.metrics[2].match_rate == 1.0  # ... and the good one still counts

@@ -33,3 +33,16 @@ def test_none_entries_are_neither_unique_nor_novel(dng_data):
     assert uniq.tolist() == [False, True, False]
     assert nov.tolist() == [False, True, False]
     assert np.asarray(uniq).dtype == bool
+
+
+def test_unmatchable_entries_are_neither_unique_nor_novel(dng_data):
+    """A flat cell (pymatgen's Niggli reduction would not finish) is treated like an unparsable one."""
+    from pymatgen.core import Lattice, Structure
+
+    good = dng_data["generated"][0]
+    flat = Structure(
+        Lattice(np.diag([4.0, 4.0, 1e-6])), good.species[:2], [[0, 0, 0], [0.5, 0.5, 0.5]]
+    )
+    uniq, nov = uniqueness_and_novelty([flat, good], dng_data["train"], workers=1)
+    assert uniq.tolist() == [False, True]
+    assert nov.tolist() == [False, True]

@@ -257,11 +257,22 @@ def _csp_task(payload: _Payload, i: int) -> TargetOutcome:
             exact = hit[1]
         else:
             if prepared_target is None:
-                prepared_target = matcher.prepare(target)
+                try:
+                    prepared_target = matcher.prepare(target)
+                except XtalEvalError as exc:
+                    out.error = f"{payload.target_where[i]}: {exc}"
+                    return out
             if matcher.composition_hash(cand) != prepared_target.comp_hash:
                 pc = None  # different composition: no match, and no need to reduce the cell
             else:
-                pc = matcher.prepare(cand)
+                try:
+                    pc = matcher.prepare(cand)
+                except XtalEvalError as exc:  # an unconstructible crystal, like a parse error
+                    out.status[j] = PairStatus.PARSE_ERROR
+                    if opts.on_error == "raise":
+                        out.error = f"{payload.candidate_where[i][j]}: {exc}"
+                        return out
+                    continue
             if pc is None or not matcher.can_match(pc, prepared_target):
                 out.status[j] = PairStatus.SKIPPED
                 if key:

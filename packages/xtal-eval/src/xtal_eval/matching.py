@@ -35,6 +35,8 @@ from pymatgen.core import Composition, Lattice, Structure
 from pymatgen.util.coord_cython import is_coord_subset_pbc, pbc_shortest_vectors
 from scipy.optimize import linear_sum_assignment
 
+from ._errors import XtalEvalError
+
 try:  # pymatgen >= 2025 keeps the matcher in core
     from pymatgen.core.structure_matcher import SiteOrderedIStructure as _SiteOrdered
 except ImportError:  # pragma: no cover - older pymatgen
@@ -42,12 +44,14 @@ except ImportError:  # pragma: no cover - older pymatgen
 
 __all__ = [
     "BENCHMARK_TOLERANCES",
+    "MIN_VOLUME",
     "PYMATGEN_TOLERANCES",
     "STRICT_TOLERANCES",
     "TOLERANCE_PRESETS",
     "FastMatcher",
     "MatchTolerances",
     "Prepared",
+    "matchable",
     "structure_key",
 ]
 
@@ -245,7 +249,14 @@ class FastMatcher:
         Returns
         -------
         Prepared
+
+        Raises
+        ------
+        XtalEvalError
+            If the structure cannot be matched: no sites, non-finite lattice or coordinates, or a
+            cell flatter than ``MIN_VOLUME`` (pymatgen's Niggli reduction does not finish on it).
         """
+        _check_cell(structure)
         primitive = self.primitive_cell
         labels = _labels(structure)
         gcd = _species_gcd(structure, labels)
@@ -738,6 +749,34 @@ def _species_gcd(structure: Structure, labels: list[str] | None = None) -> int:
     for label in labels if labels is not None else _labels(structure):
         counts[label] = counts.get(label, 0) + 1
     return math.gcd(*counts.values())
+
+
+#: cells below this volume (A^3) are refused by :meth:`FastMatcher.prepare`: pymatgen's Niggli
+#: reduction takes seconds at 1e-4 A^3 and does not finish at 1e-5 A^3 (a 4 x 4 x 1e-6 A cell)
+MIN_VOLUME = 1e-3
+
+
+def _check_cell(structure: Structure) -> None:
+    """One-line XtalEvalError for a structure no match can be computed for."""
+    if len(structure) == 0:
+        raise XtalEvalError("structure has no sites")
+    matrix = structure.lattice.matrix
+    if not np.isfinite(matrix).all():
+        raise XtalEvalError("lattice has non-finite values")
+    if not np.isfinite(structure.frac_coords).all():
+        raise XtalEvalError("atomic coordinates have non-finite values")
+    volume = abs(float(np.linalg.det(matrix)))
+    if volume < MIN_VOLUME:
+        raise XtalEvalError(f"degenerate cell: volume {volume:.3g} A^3 < {MIN_VOLUME} A^3")
+
+
+def matchable(structure: Structure) -> bool:
+    """Whether :meth:`FastMatcher.prepare` accepts the structure (see ``_check_cell``)."""
+    try:
+        _check_cell(structure)
+    except XtalEvalError:
+        return False
+    return True
 
 
 class _SpeciesView:

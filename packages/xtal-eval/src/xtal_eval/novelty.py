@@ -23,7 +23,13 @@ import numpy as np
 from pymatgen.core import Structure
 
 from xtal_eval._parallel import imap_indexed
-from xtal_eval.matching import PYMATGEN_TOLERANCES, FastMatcher, MatchTolerances, Prepared
+from xtal_eval.matching import (
+    PYMATGEN_TOLERANCES,
+    FastMatcher,
+    MatchTolerances,
+    Prepared,
+    matchable,
+)
 
 __all__ = ["group_first_members", "uniqueness_and_novelty"]
 
@@ -99,7 +105,9 @@ def uniqueness_and_novelty(
     Parameters
     ----------
     generated : sequence of Structure or None
-        None entries (unparsable) are neither unique nor novel.
+        None entries (unparsable), and structures no match can be computed for (no sites,
+        non-finite lattice or coordinates, a cell below ``matching.MIN_VOLUME``), are neither
+        unique nor novel.
     train : sequence of Structure, optional
         Training set for novelty; None skips novelty.
     tolerances : MatchTolerances
@@ -117,13 +125,13 @@ def uniqueness_and_novelty(
     n = len(generated)
     by_formula: dict[str, list[int]] = defaultdict(list)
     for i, s in enumerate(generated):
-        if s is not None:
+        if s is not None and matchable(s):
             by_formula[s.composition.reduced_formula].append(i)
     train_by_formula: dict[str, list[int]] = defaultdict(list)
     if train is not None:
         for j, s in enumerate(train):
             f = s.composition.reduced_formula
-            if f in by_formula:
+            if f in by_formula and matchable(s):
                 train_by_formula[f].append(j)
     groups = list(by_formula.values())
     payload = _Payload(generated, train, groups, dict(train_by_formula), tolerances)
