@@ -58,11 +58,20 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="JSON result file")
     args = ap.parse_args()
 
+    targets_file = args.targets or args.dataset_dir / f"{args.split}.csv.gz"
+    for name, path in (
+        ("--dataset-dir", args.dataset_dir / "train.csv.gz"),
+        ("--targets", targets_file),
+    ):
+        if not path.is_file():
+            raise SystemExit(f"{name}: no such file {path}")
+    if args.samples is not None and not args.samples.is_dir():
+        raise SystemExit(f"--samples {args.samples}: not a folder")
     matcher = StructureMatcher(stol=0.5, ltol=0.3, angle_tol=10)
     train: dict[str, list[Structure]] = defaultdict(list)
     for _, s in read_split(args.dataset_dir / "train.csv.gz"):
         train[s.composition.reduced_formula].append(s)
-    targets = read_split(args.targets or args.dataset_dir / f"{args.split}.csv.gz")
+    targets = read_split(targets_file)
     targets = targets[: args.limit] if args.limit else targets
     counts: Counter = Counter()
     matched: Counter = Counter()

@@ -618,14 +618,9 @@ def _from_parameters(params: np.ndarray) -> np.ndarray:
     return m
 
 
-def _niggli_reduced(structure: Structure) -> Structure:
-    """``structure.get_reduced_structure("niggli")`` (see ``_niggli_arrays``) as a Structure."""
-    lattice, frac = _niggli_arrays(structure)
-    return Structure(lattice, structure.species_and_occu, frac)
-
-
 def _niggli_arrays(structure: Structure) -> tuple[Lattice, np.ndarray]:
-    """``structure.get_reduced_structure("niggli")`` with the same floating-point operations.
+    """Lattice and fractional coordinates of ``structure.get_reduced_structure("niggli")``, with the
+    same floating-point operations (site order and species unchanged).
 
     pymatgen keeps the structure (a copy) when the Niggli lattice equals the input lattice
     (``np.allclose``); otherwise every site's Cartesian coordinates (``np.dot(frac, matrix)``, site
