@@ -79,6 +79,28 @@ def write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def checkpoint_budget(ckpt: str) -> dict:
+    """What a checkpoint cost to train, from the model file's own record (``info``): the
+    training wall time summed over resumes, steps, epochs, preset and training-set size. ``ckpt``
+    is a model file, a run folder (its ``model_best``, as ``crystalflow sample`` loads it) or
+    ``default``. A file without that record gives just its name."""
+    from crystalflow.checkpoint import read_safetensors, resolve_model_path
+
+    path = resolve_model_path(None if ckpt == "default" else ckpt)
+    out: dict = {"checkpoint": portable(str(path))}
+    try:
+        _, meta = read_safetensors(path)
+    except Exception:  # noqa: BLE001 - an unreadable record only loses the budget line
+        return out
+    info = meta.get("info", {}) if isinstance(meta, dict) else {}
+    for key in ("preset", "step", "epoch", "num_train", "weights"):
+        if key in info:
+            out[key] = info[key]
+    if "train_wall_s" in info:
+        out["train_wall_min"] = round(float(info["train_wall_s"]) / 60, 1)
+    return out
+
+
 def crystalflow() -> list[str]:
     """How to call the crystalflow command from this interpreter."""
     return [sys.executable, "-m", "crystalflow.cli"]

@@ -30,7 +30,17 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, SHARED, crystalflow, machine, portable, run, today, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    REPO,
+    SHARED,
+    checkpoint_budget,
+    crystalflow,
+    machine,
+    portable,
+    run,
+    today,
+    write_json,
+)
 
 csv.field_size_limit(2**31 - 1)
 
@@ -98,7 +108,7 @@ def main() -> None:
 
     if args.checkpoint:
         ckpt = args.checkpoint
-        budget["training"] = f"checkpoint {ckpt}"
+        budget["training"] = checkpoint_budget(ckpt)
     else:
         run_dir = out / "run"
         cmd = [*crystalflow(), "train", "--preset", args.preset or preset, "--data", str(data),

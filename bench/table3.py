@@ -22,7 +22,17 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, SHARED, crystalflow, machine, run, today, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    REPO,
+    SHARED,
+    checkpoint_budget,
+    crystalflow,
+    machine,
+    portable,
+    run,
+    today,
+    write_json,
+)
 
 # Paper Table 3, CrystalFlow row (MP-20, 10,000 samples).
 PAPER_NOTE = "paper Table 3 (CrystalFlow, MP-20): see ../shared/seeds/000_*.txt"
@@ -34,10 +44,16 @@ def main() -> None:
     ap.add_argument(
         "--train-file", type=Path, help="training split (default: DATA/train_partial.csv.gz)"
     )
+    ap.add_argument(
+        "--reference",
+        type=Path,
+        help="reference set for coverage/distances (default: DATA/test.csv.gz)",
+    )
     ap.add_argument("--checkpoint", help="skip training: a DNG run dir or .safetensors file")
     ap.add_argument("--preset", default="mp20-dng")
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--max-steps", type=int)
+    ap.add_argument("--max-minutes", type=float, help="training budget in wall-clock minutes")
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--num-samples", type=int, default=10_000)
     ap.add_argument("--steps", type=int, default=100)
@@ -46,6 +62,8 @@ def main() -> None:
     ap.add_argument(
         "--hull", type=Path, help="hull reference for stability / S.U.N. (needs chgnet)"
     )
+    ap.add_argument("--workers", type=int, help="evaluation worker processes (default: all cores)")
+    ap.add_argument("--cache", type=Path, help="folder caching reference fingerprints")
     ap.add_argument("--out", type=Path, default=REPO / "bench/results/table3-mp20")
     args = ap.parse_args()
 
@@ -56,7 +74,7 @@ def main() -> None:
     budget: dict = {"device": machine(), "date": today()}
     if args.checkpoint:
         ckpt = args.checkpoint
-        budget["training"] = f"checkpoint {ckpt}"
+        budget["training"] = checkpoint_budget(ckpt)
     else:
         run_dir = out / "run"
         cmd = [*crystalflow(), "train", "--preset", args.preset, "--train", str(train_file),
@@ -66,38 +84,78 @@ def main() -> None:
             cmd += ["--epochs", str(args.epochs)]
         if args.max_steps:
             cmd += ["--max-steps", str(args.max_steps)]
+        if args.max_minutes:
+            cmd += ["--max-minutes", str(args.max_minutes)]
         for s in args.set:
             cmd += ["--set", s]
+        if (run_dir / "config.json").exists():  # an interrupted earlier call: finish that run
+            cmd = [*crystalflow(), "train", "--resume", str(run_dir)]
         budget["train_wall_s"] = round(run(cmd, log), 1)
         budget["training"] = {"preset": args.preset, "epochs": args.epochs,
-                              "max_steps": args.max_steps, "overrides": args.set}  # fmt: skip
+                              "max_steps": args.max_steps, "max_minutes": args.max_minutes,
+                              "overrides": args.set, **checkpoint_budget(str(run_dir))}  # fmt: skip
         ckpt = str(run_dir)
 
     samples = out / "samples"
     t0 = time.perf_counter()
     run([*crystalflow(), "generate", "-n", str(args.num_samples), "-o", str(samples),
          "--checkpoint", ckpt, "--steps", str(args.steps), "--seed", str(args.seed),
-         "--device", args.device, "-q"], log)  # fmt: skip
+         "--device", args.device, "--resume", "-q"], log)  # fmt: skip
     budget["sample_wall_s"] = round(time.perf_counter() - t0, 1)
     metrics_path = out / "metrics.json"
     cmd = [*crystalflow(), "evaluate", "dng", "--pred", str(samples),
-           "--reference", str(args.data / "test.csv.gz"), "--train", str(train_file),
+           "--reference", str(args.reference or args.data / "test.csv.gz"), "--train", str(train_file),
            "--dataset", "mp20", "--json", str(metrics_path),
            "--sampling-seconds", str(budget["sample_wall_s"]), "-q"]  # fmt: skip
     if args.hull:
         cmd += ["--hull", str(args.hull)]
+    if args.workers:
+        cmd += ["--workers", str(args.workers)]
+    if args.cache:
+        cmd += ["--cache", str(args.cache)]
     run(cmd, log)
     metrics = json.loads(metrics_path.read_text())
     row = {
         "dataset": "mp20 (train_partial: 73.5 % of the official train split)",
         "num_samples": args.num_samples,
         "steps": args.steps,
+        "reference": str(args.reference or args.data / "test.csv.gz"),
         "metrics": metrics,
         "paper": PAPER_NOTE,
         "budget": budget,
     }
     write_json(out / "row.json", row)
-    print(json.dumps(row, indent=1))
+    line = markdown_row(row)
+    (out / "row.md").write_text(portable(line) + "\n")
+    print(json.dumps(portable(row), indent=1))
+    print(line)
+
+
+def _pct(v) -> str:
+    return "n/a" if v is None else f"{100 * v:.2f}%"
+
+
+def _num(v, fmt: str = ".3f") -> str:
+    return "n/a" if v is None else format(v, fmt)
+
+
+def markdown_row(row: dict) -> str:
+    """One line for BENCHMARKS.md: struct. / comp. validity, COV-R, COV-P, wdist(density),
+    wdist(#elements) (the paper's Table 3 columns), then SG JS distance, unique, novel, S.U.N."""
+    m = row["metrics"].get("dng", row["metrics"])
+    cells = [
+        _pct(m.get("struct_valid")), _pct(m.get("comp_valid")),
+        _pct(m.get("cov_recall")), _pct(m.get("cov_precision")),
+        _num(m.get("wdist_density")), _num(m.get("wdist_num_elems")),
+        _num(m.get("sg_js_distance")),
+        _pct(m.get("unique_rate")), _pct(m.get("novel_rate")), _pct(m.get("sun_rate")),
+    ]  # fmt: skip
+    b = row["budget"]
+    return (
+        f"| {row['dataset']} | {row['num_samples']} samples, S={row['steps']} | "
+        + " | ".join(cells)
+        + f" | {json.dumps(b['training'])} | {b['device']}, {b['date']} |"
+    )
 
 
 if __name__ == "__main__":

@@ -390,6 +390,33 @@ def test_generate_needs_a_dng_checkpoint(tmp_path, ckpt, dng_ckpt):
     assert not (out / "candidates.csv").exists()
 
 
+def test_generate_resume_starts_a_new_run_then_completes_it(tmp_path, dng_ckpt):
+    from crystalflow import sampling
+    from test_outputs import interrupt_after
+
+    # --resume on a folder without a stored run: start it (every generate option has a default)
+    fresh = tmp_path / "fresh"
+    args = ["-n", 4, "--checkpoint", dng_ckpt, "--steps", STEPS, "--seed", 3, "-q"]
+    r = invoke("generate", *args, "-o", fresh, "--resume")
+    assert r.exit_code == 0, r.output
+    assert len(list(fresh.glob("gen_*.cif"))) == 4
+    # an interrupted run: --resume completes it with its stored options, same structures
+    out = tmp_path / "o"
+    p = sampling.prepare(
+        "generate", n=4, batch_size=8, steps=STEPS, seed=3, device="cpu", checkpoint=dng_ckpt
+    )
+    with pytest.raises(KeyboardInterrupt):
+        sampling.execute(p, out, progress=interrupt_after(1))
+    done = len(list(out.glob("gen_*.cif")))
+    assert 1 <= done < 4
+    r = invoke("generate", "--resume", "-o", out, "-q")
+    assert r.exit_code == 0, r.output
+    assert f"{done} from the previous run" in r.stdout
+    assert sorted(p.name for p in out.glob("gen_*.cif")) == sorted(
+        p.name for p in fresh.glob("gen_*.cif")
+    )
+
+
 # ------------------------------------------------------------------------- interrupt / resume
 def test_resume_alone_completes_an_interrupted_run(tmp_path, ckpt):
     from crystalflow import sampling

@@ -8,6 +8,7 @@ Each sub-command lives in its own module of :mod:`crystalflow.commands` and expo
 from __future__ import annotations
 
 import importlib
+import warnings
 
 import typer
 
@@ -49,6 +50,9 @@ def _register() -> None:
 
 
 def main() -> None:
+    # pymatgen warns once per noble gas when it sorts a formula by electronegativity (CIF
+    # writing, matching): harmless for our use and confusing in a command's output
+    warnings.filterwarnings("ignore", message="No Pauling electronegativity", category=UserWarning)
     _register()
     app()
 

@@ -82,7 +82,9 @@ def register(app: typer.Typer) -> None:
             resume,
             fmt,
             quiet,
-            only_resume=resume,
+            # every request option has a default, so --resume means "the stored request" when
+            # --out holds one and "start this request, resumably" when it does not
+            only_resume=resume and (Path(out) / "run.json").is_file(),
             n=n,
             num_atoms=num_atoms,
             pressure=pressure,
