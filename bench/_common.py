@@ -84,9 +84,12 @@ def checkpoint_budget(ckpt: str) -> dict:
     training wall time summed over resumes, steps, epochs, preset and training-set size. ``ckpt``
     is a model file, a run folder (its ``model_best``, as ``crystalflow sample`` loads it) or
     ``default``. A file without that record gives just its name."""
-    from crystalflow.checkpoint import read_safetensors, resolve_model_path
+    from crystalflow.checkpoint import CheckpointError, read_safetensors, resolve_model_path
 
-    path = resolve_model_path(None if ckpt == "default" else ckpt)
+    try:
+        path = resolve_model_path(None if ckpt == "default" else ckpt)
+    except CheckpointError as exc:
+        raise SystemExit(f"--checkpoint: {exc}") from None
     out: dict = {"checkpoint": portable(str(path))}
     try:
         _, meta = read_safetensors(path)
@@ -96,8 +99,12 @@ def checkpoint_budget(ckpt: str) -> dict:
     for key in ("preset", "step", "epoch", "num_train", "weights"):
         if key in info:
             out[key] = info[key]
-    if "train_wall_s" in info:
+    if "train_wall_s" in info and ckpt != "default":
         out["train_wall_min"] = round(float(info["train_wall_s"]) / 60, 1)
+    elif ckpt == "default":
+        # the shipped model was trained before resumes carried the wall time over: its recorded
+        # figure covers the last leg only; the model card has the whole budget
+        out["budget"] = "see the model card (crystalflow/checkpoints/README.md)"
     return out
 
 
