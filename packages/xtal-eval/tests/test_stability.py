@@ -19,6 +19,7 @@ from xtal_eval.stability import (
     RelaxSettings,
     balanced_sun_rate,
     cost_per_structure,
+    mlip_energies,
     relax_structures,
 )
 
@@ -122,3 +123,43 @@ def test_chgnet_relaxation_reports_chgnet_energy_of_final_structure():
     with pytest.raises(XtalEvalError, match="optimizer must be FIRE or BFGS"):
         RelaxSettings(optimizer="LBFGS")
     assert np.isfinite(r.energy)
+
+
+@pytest.mark.slow
+@requires("chgnet")
+def test_relaxation_in_worker_processes_gives_the_same_results():
+    s1 = Structure(Lattice.cubic(4.3), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    s2 = Structure(Lattice.cubic(3.0), ["Cs", "Cl"], [[0, 0, 0], [0.5, 0.52, 0.5]])
+    settings = RelaxSettings(fmax=0.1, steps=5)
+    serial = relax_structures([s1, None, s2], settings)
+    parallel = relax_structures([s1, None, s2], settings, workers=2)
+    assert parallel[1].structure is None and np.isnan(parallel[1].energy)
+    for a, b in zip(serial, parallel, strict=True):
+        if a.structure is None:
+            continue
+        assert a.steps == b.steps and a.converged == b.converged
+        assert b.energy == pytest.approx(a.energy, abs=1e-4)
+        assert np.allclose(a.structure.lattice.matrix, b.structure.lattice.matrix, atol=1e-5)
+    with pytest.raises(XtalEvalError, match="workers must be >= 1"):
+        relax_structures([s1], settings, workers=0)
+
+
+@pytest.mark.slow
+@requires("chgnet")
+def test_mlip_energies_are_chgnet_total_energies_in_any_batching():
+    from chgnet.model import CHGNet
+
+    structures = [
+        Structure(Lattice.cubic(4.3), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]),
+        Structure(Lattice.cubic(5.43), ["Si"] * 2, [[0, 0, 0], [0.25, 0.25, 0.25]]),
+        Structure(
+            Lattice.hexagonal(3.2, 5.2), ["Zn", "O"], [[1 / 3, 2 / 3, 0], [1 / 3, 2 / 3, 0.38]]
+        ),
+    ]
+    model = CHGNet.load(verbose=False)
+    direct = [float(model.predict_structure(s)["e"]) * len(s) for s in structures]
+    for kwargs in ({}, {"batch_size": 1}, {"batch_size": 2, "workers": 2}):
+        got = mlip_energies(structures, **kwargs)
+        assert got == pytest.approx(direct, abs=1e-4), kwargs
+    with pytest.raises(XtalEvalError, match="must be >= 1"):
+        mlip_energies(structures, batch_size=0)

@@ -35,7 +35,7 @@ from pymatgen.core import Structure
 
 from xtal_eval._cache import BlobCache
 from xtal_eval._errors import XtalEvalError, require
-from xtal_eval._parallel import imap_indexed
+from xtal_eval._parallel import default_workers, imap_indexed
 from xtal_eval.coverage import coverage, coverage_cutoffs
 from xtal_eval.csp import EvaluationInterrupted
 from xtal_eval.distributions import (
@@ -572,6 +572,7 @@ def _stability(
             to_relax,
             settings.relax,
             progress=None if progress is None else (lambda d, t: progress("MLIP relaxation", d, t)),
+            workers=default_workers(workers),
         )
     e_hull = np.full(n, np.nan)
     e_form = np.full(n, np.nan)

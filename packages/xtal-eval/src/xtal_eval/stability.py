@@ -50,6 +50,7 @@ __all__ = [
     "RelaxSettings",
     "balanced_sun_rate",
     "cost_per_structure",
+    "mlip_energies",
     "relax_structures",
 ]
 
@@ -295,9 +296,9 @@ class RelaxResult:
 @lru_cache(maxsize=1)
 def _chgnet_optimizer(optimizer: str) -> Any:
     require("chgnet", "stability (MLIP relaxation with CHGNet)")
-    from chgnet.model import CHGNet, StructOptimizer
+    from chgnet.model import StructOptimizer
 
-    return StructOptimizer(model=CHGNet.load(verbose=False), optimizer_class=optimizer)
+    return StructOptimizer(model=_chgnet_model(), optimizer_class=optimizer)
 
 
 def relax_structures(
@@ -305,6 +306,7 @@ def relax_structures(
     settings: RelaxSettings = RelaxSettings(),
     *,
     progress: Callable[[int, int], None] | None = None,
+    workers: int = 1,
 ) -> list[RelaxResult]:
     """Relax structures with CHGNet (ASE optimizer) and return final total energies.
 
@@ -315,61 +317,169 @@ def relax_structures(
     settings : RelaxSettings
     progress : callable, optional
         ``progress(done, total)``.
+    workers : int
+        Processes relaxing in parallel (each loads its own CHGNet and uses ``settings.threads``
+        torch threads); 1 relaxes in this process. Results do not depend on it.
 
     Returns
     -------
     list of RelaxResult
     """
+    if workers < 1:
+        raise XtalEvalError(f"workers must be >= 1, got {workers}")
+    todo = [i for i, s in enumerate(structures) if s is not None]
+    out = [RelaxResult(None, float("nan"), 0, False) for _ in structures]
+    if workers == 1 or len(todo) < 2:
+        import torch
+
+        opt = _chgnet_optimizer(settings.optimizer)
+        previous_threads = torch.get_num_threads()
+        torch.set_num_threads(settings.threads)
+        try:
+            for done, i in enumerate(todo, 1):
+                out[i] = _relax_one(opt, structures[i], settings)  # type: ignore[arg-type]
+                if progress is not None:
+                    progress(done, len(todo))
+        finally:
+            torch.set_num_threads(previous_threads)
+        return out
+    from xtal_eval._parallel import imap_indexed
+
+    payload = ([structures[i] for i in todo], settings)
+    it = imap_indexed(_relax_task, payload, range(len(todo)), workers=workers, chunksize=1)
+    for done, (j, r) in enumerate(it, 1):
+        out[todo[j]] = r
+        if progress is not None:
+            progress(done, len(todo))
+    return out
+
+
+def _relax_task(payload: tuple[list[Structure], RelaxSettings], i: int) -> RelaxResult:
+    """Worker side of :func:`relax_structures` (the CHGNet model is loaded once per process)."""
     import torch
 
-    opt = _chgnet_optimizer(settings.optimizer)
-    previous_threads = torch.get_num_threads()
+    structures, settings = payload
     torch.set_num_threads(settings.threads)
-    try:
-        return _relax_all(opt, structures, settings, progress)
-    finally:
-        torch.set_num_threads(previous_threads)
+    return _relax_one(_chgnet_optimizer(settings.optimizer), structures[i], settings)
 
 
-def _relax_all(
-    opt: Any,
-    structures: Sequence[Structure | None],
-    settings: RelaxSettings,
-    progress: Callable[[int, int], None] | None,
-) -> list[RelaxResult]:
+def _relax_one(opt: Any, s: Structure, settings: RelaxSettings) -> RelaxResult:
     import warnings
 
-    out: list[RelaxResult] = []
-    for i, s in enumerate(structures):
-        if s is None:
-            out.append(RelaxResult(None, float("nan"), 0, False))
-        else:
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    r = opt.relax(
-                        s,
-                        fmax=settings.fmax,
-                        steps=settings.steps,
-                        relax_cell=settings.relax_cell,
-                        verbose=False,
-                    )
-                traj = r["trajectory"]
-                forces = np.asarray(traj.forces[-1])
-                fmax = float(np.sqrt((forces**2).sum(axis=1)).max()) if forces.size else 0.0
-                out.append(
-                    RelaxResult(
-                        r["final_structure"],
-                        float(traj.energies[-1]),
-                        len(traj.energies) - 1,
-                        fmax <= settings.fmax,
-                    )
-                )
-            except Exception:  # a structure CHGNet cannot handle (e.g. isolated atoms)
-                out.append(RelaxResult(None, float("nan"), 0, False))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            r = opt.relax(
+                s,
+                fmax=settings.fmax,
+                steps=settings.steps,
+                relax_cell=settings.relax_cell,
+                verbose=False,
+            )
+        traj = r["trajectory"]
+        forces = np.asarray(traj.forces[-1])
+        fmax = float(np.sqrt((forces**2).sum(axis=1)).max()) if forces.size else 0.0
+        return RelaxResult(
+            r["final_structure"], float(traj.energies[-1]), len(traj.energies) - 1,
+            fmax <= settings.fmax,
+        )  # fmt: skip
+    except Exception:  # a structure CHGNet cannot handle (e.g. isolated atoms)
+        return RelaxResult(None, float("nan"), 0, False)
+
+
+def mlip_energies(
+    structures: Sequence[Structure],
+    *,
+    batch_size: int = 32,
+    threads: int = 1,
+    workers: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """CHGNet total energies (eV) of structures as given (no relaxation), NaN where CHGNet fails.
+
+    Used to build a hull reference consistent with :func:`relax_structures` from already relaxed
+    (e.g. DFT) structures.
+
+    Parameters
+    ----------
+    structures : sequence of Structure
+    batch_size : int
+        Structures per CHGNet call.
+    threads : int
+        torch threads per process.
+    workers : int
+        Processes (each loads CHGNet); 1 runs in this process.
+    progress : callable, optional
+        ``progress(done, total)`` in structures.
+
+    Returns
+    -------
+    numpy.ndarray
+        Total energy per structure in eV (CHGNet's energy per atom times the number of sites).
+    """
+    if batch_size < 1 or threads < 1 or workers < 1:
+        raise XtalEvalError("batch_size, threads and workers must be >= 1")
+    n = len(structures)
+    batches = [list(range(s, min(n, s + batch_size))) for s in range(0, n, batch_size)]
+    out = np.full(n, np.nan)
+    payload = (list(structures), batches, threads)
+    done = 0
+    if workers == 1 or len(batches) < 2:
+        results: Iterable[tuple[int, list[float]]] = (
+            (b, _energy_task(payload, b)) for b in range(len(batches))
+        )
+    else:
+        from xtal_eval._parallel import imap_indexed
+
+        results = imap_indexed(_energy_task, payload, range(len(batches)), workers=workers)
+    for b, energies in results:
+        out[batches[b]] = energies
+        done += len(batches[b])
         if progress is not None:
-            progress(i + 1, len(structures))
+            progress(done, n)
     return out
+
+
+@lru_cache(maxsize=1)
+def _chgnet_model() -> Any:
+    require("chgnet", "MLIP energies (CHGNet)")
+    from chgnet.model import CHGNet
+
+    return CHGNet.load(verbose=False)
+
+
+def _energy_task(payload: tuple[list[Structure], list[list[int]], int], b: int) -> list[float]:
+    import warnings
+
+    import torch
+
+    structures, batches, threads = payload
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    model = _chgnet_model()
+    batch = [structures[i] for i in batches[b]]
+
+    def predict(items: list[Structure]) -> list[float]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            preds = model.predict_structure(items, task="e", batch_size=len(items))
+        if isinstance(preds, dict):
+            preds = [preds]
+        return [float(p["e"]) * len(s) for p, s in zip(preds, items, strict=True)]
+
+    try:
+        try:
+            return predict(batch)
+        except Exception:  # one bad structure: retry one by one, NaN for those that fail
+            energies = []
+            for s in batch:
+                try:
+                    energies.extend(predict([s]))
+                except Exception:
+                    energies.append(float("nan"))
+            return energies
+    finally:
+        torch.set_num_threads(previous)
 
 
 def cost_per_structure(sampling_seconds: float | None, count: int) -> float | None:

@@ -1,0 +1,84 @@
+"""The benchmark scripts' helpers that decide what is counted (bench/ is not a package)."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+import pytest
+from pymatgen.core import Lattice, Structure
+
+BENCH = Path(__file__).resolve().parents[3] / "bench"
+
+
+def _load(name: str) -> types.ModuleType:
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def _targets(path: Path, structures: dict[str, Structure]) -> None:
+    with gzip.open(path, "wt", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["material_id", "cif"])
+        w.writeheader()
+        for mid, s in structures.items():
+            w.writerow({"material_id": mid, "cif": s.to(fmt="cif")})
+
+
+def _ids(path: Path) -> list[str]:
+    with gzip.open(path, "rt", newline="") as fh:
+        return [r["material_id"] for r in csv.DictReader(fh)]
+
+
+def test_table1_leaves_out_targets_with_elements_the_model_never_saw(tmp_path, monkeypatch):
+    table1 = _load("table1")
+    import crystalflow.checkpoint as ck
+
+    monkeypatch.setattr(ck, "load_model", lambda path=None: types.SimpleNamespace(elements=[8, 14]))
+    lat = Lattice.cubic(4.0)
+    structures = {
+        "sio2": Structure(lat, ["Si", "O", "O"], [[0, 0, 0], [0.5, 0, 0], [0, 0.5, 0]]),
+        "ar": Structure(lat, ["Ar"], [[0, 0, 0]]),
+        "si": Structure(lat, ["Si"], [[0, 0, 0]]),
+        "arsi": Structure(lat, ["Ar", "Si"], [[0, 0, 0], [0.5, 0.5, 0.5]]),
+    }
+    targets = tmp_path / "targets.csv.gz"
+    _targets(targets, structures)
+    dropped = table1.drop_unsupported(targets, "default")
+    assert dropped == {"ar": "Ar", "arsi": "Ar"}
+    assert _ids(targets) == ["sio2", "si"]
+    assert _ids(tmp_path / "targets_all.csv.gz") == list(structures)
+
+    _targets(targets, {"si": structures["si"]})  # all supported: nothing moved
+    (tmp_path / "targets_all.csv.gz").unlink()
+    assert table1.drop_unsupported(targets, "default") == {}
+    assert _ids(targets) == ["si"] and not (tmp_path / "targets_all.csv.gz").exists()
+
+
+@pytest.mark.parametrize("subset", [True, False])
+def test_table3_row_names_where_stability_was_measured(subset):
+    table3 = _load("table3")
+    row = {
+        "dataset": "mp20",
+        "num_samples": 10,
+        "steps": 100,
+        "metrics": {"dng": {"struct_valid": 1.0, "stable_rate": 0.5, "sun_rate": 0.25}},
+        "stability_subset": {"n": 4, "stable_rate": 0.75, "sun_rate": 0.5} if subset else None,
+        "budget": {"training": {}, "device": "cpu", "date": "today"},
+    }
+    line = table3.markdown_row(row)
+    # dataset, samples, 9 metric cells, stable / S.U.N., training, machine: 14 cells
+    assert line.count("|") == 15
+    if subset:
+        assert "75.00% / 50.00% (first 4)" in line
+    else:
+        assert "50.00% / 25.00% |" in line
