@@ -128,12 +128,13 @@ def main() -> None:
         _without_unary(finite) | _without_unary([r for r in finite if r["split"] != "test"])
     )
     elemental = _elemental_rows(missing, out / "elemental.json", RelaxSettings, relax_structures)
+    n_mp20 = len(finite)
     finite += elemental
     _write_atomic(out / "chgnet_hull.csv.gz", finite, fields)
     summary: dict = {
         "date": today(), "machine": machine(), "mlip": "CHGNet (chgnet package default model)",
         "energies": "static, on the Materials Project (DFT-relaxed) geometry",
-        "structures": len(table), "finite": len(finite),
+        "structures": len(table), "with_finite_energy": n_mp20, "hull_entries": len(finite),
         "by_split": {s: sum(r["split"] == s for r in finite) for s, _ in SPLITS},
         "energy_wall_s_this_call": round(wall, 1), "workers": args.workers,
     }  # fmt: skip
@@ -141,7 +142,7 @@ def main() -> None:
     summary["elemental_references_added"] = {
         "why": "no unary MP-20 structure (in all splits, or outside the test split)",
         "how": "ase.build.bulk reference state relaxed with CHGNet (FIRE, fmax 0.1, cell relaxed)",
-        "elements": [r["formula"] for r in elemental],
+        "elements": [r["material_id"].removeprefix("ase-bulk-") for r in elemental],
     }  # fmt: skip
     summary["elements_still_without_unary_entry"] = sorted(_without_unary(finite))
 
