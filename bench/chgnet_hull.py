@@ -89,6 +89,8 @@ def main() -> None:
         for i, r in enumerate(part):
             rows.append({"material_id": r["material_id"], "split": split, "cif": r["cif"],
                          "where": f"{path} row {i + 1}", "e_above_hull_mp": r.get("e_above_hull", "")})  # fmt: skip
+    if not rows:
+        raise SystemExit(f"{args.data}: the MP-20 splits hold no structures")
     print(f"{len(rows)} MP-20 structures", flush=True)
     fields = ["material_id", "split", "formula", "n_sites", "energy", "e_above_hull_mp"]
     t_start = time.perf_counter()

@@ -93,8 +93,11 @@ def drop_unsupported(targets: Path, ckpt: str) -> dict[str, str]:
     keep, dropped = [], {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for r in rows:
-            els = Structure.from_str(r["cif"], fmt="cif").composition.elements
+        for i, r in enumerate(rows):
+            try:
+                els = Structure.from_str(r["cif"], fmt="cif").composition.elements
+            except Exception as exc:
+                raise SystemExit(f"{targets} row {i + 1}: cannot parse the CIF ({exc})") from None
             bad = sorted(e.symbol for e in els if e.Z not in allowed)
             if bad:
                 dropped[r["material_id"]] = ",".join(bad)

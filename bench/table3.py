@@ -12,6 +12,10 @@ Example (CPU budget; MP-20 rows are trained on train_partial and labelled so)::
     uv run python bench/table3.py --checkpoint RUN_DIR --num-samples 10000 \\
         --hull runs/chgnet-hull/chgnet_hull.csv.gz --sun-subset 1000
 
+Reruns with the same ``--out`` resume: finished samples, their timing (``sampling.json``) and
+finished evaluations (``metrics.json``, ``sun_metrics_N.json``) are kept; delete them after
+changing the sampling or evaluation options.
+
 The hull must hold energies of the same model as the relaxation (CHGNet): build it with
 ``bench/chgnet_hull.py`` (the MLIP tables in ../shared/data/hull_reference are MACE/ORB/UMA).
 """

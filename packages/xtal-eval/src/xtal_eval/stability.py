@@ -327,6 +327,7 @@ def relax_structures(
     """
     if workers < 1:
         raise XtalEvalError(f"workers must be >= 1, got {workers}")
+    require("chgnet", "stability (MLIP relaxation with CHGNet)")  # here, not in a worker
     todo = [i for i, s in enumerate(structures) if s is not None]
     out = [RelaxResult(None, float("nan"), 0, False) for _ in structures]
     if workers == 1 or len(todo) < 2:
@@ -419,6 +420,7 @@ def mlip_energies(
     """
     if batch_size < 1 or threads < 1 or workers < 1:
         raise XtalEvalError("batch_size, threads and workers must be >= 1")
+    require("chgnet", "MLIP energies (CHGNet)")
     n = len(structures)
     batches = [list(range(s, min(n, s + batch_size))) for s in range(0, n, batch_size)]
     out = np.full(n, np.nan)
