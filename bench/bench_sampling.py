@@ -1,13 +1,14 @@
 """Sampling speed and peak memory of CrystalFlow (CSP, S = 100 Euler steps by default).
 
 Usage: python bench/bench_sampling.py [--device auto|cpu|cuda] [--threads 2] [--steps 100]
-           [--models compact,paper] [--perov 200] [--mp20 200] [--perov-paper 40] [--mp20-paper 40]
-           [--batch-atoms N] [--repeats 2] [--quick] [--json bench/results/sampling.json]
+           [--models compact,paper] [--perov 200] [--mp20 200] [--mpts52 100] [--perov-paper 40]
+           [--mp20-paper 40] [--mpts52-paper 16] [--batch-atoms N] [--repeats 2] [--quick] [--json bench/results/sampling.json]
 
 Cases (each in its own subprocess, so the peak memory is that case's alone):
   * ``model``: ``CrystalFlow.sample`` over size-bucketed batches (crystalflow.sampling.plan_batches)
-    of Perov-5 test compositions (5 atoms) and MP-20 test compositions (1-20 atoms, the first rows
-    of the split), structures/s;
+    of Perov-5 test compositions (5 atoms), MP-20 test compositions (1-20 atoms) and MPTS-52 test
+    compositions (up to 52 atoms), the first rows of each split, structures/s (0 compositions
+    skips a case);
   * ``pipeline``: ``crystalflow.sample`` end to end for 100 candidates of one 20-atom MP-20 test
     composition (batching, model, per-structure analysis with spglib, CIF/summary/npz files): the
     wall time (target: under a minute on 2 CPU cores with the default model).
@@ -16,8 +17,9 @@ architecture with random weights (sampling cost does not depend on the weights);
 ``mp20-csp`` preset (the paper's 512 x 6 network) with random weights.
 Peak memory: ``ru_maxrss`` of the case's process (CPU) and ``torch.cuda.max_memory_allocated``
 (GPU). Each case records the 1-minute load average at its start and end: on a shared machine,
-compare only figures measured under similar load. Compositions come from ../shared/data/{perov_5,mp_20_partial}/test.csv.gz when present,
-else synthetic ones with the same atom counts. Results are appended to the JSON file.
+compare only figures measured under similar load. Compositions come from
+../shared/data/{perov_5,mp_20_partial,mpts_52_partial}/test.csv.gz when present, else synthetic
+ones with similar atom counts (MPTS-52: uniform over 1-52 atoms). Results are appended to the JSON file.
 """
 
 from __future__ import annotations
@@ -66,7 +68,8 @@ def compositions(dataset: str, n: int) -> tuple[list[tuple[int, ...]], str]:
     """The first ``n`` test compositions of ``dataset`` (or synthetic ones) and their source."""
     import numpy as np
 
-    path = SHARED / ("perov_5" if dataset == "perov5" else "mp_20_partial") / "test.csv.gz"
+    folder = {"perov5": "perov_5", "mp20": "mp_20_partial", "mpts52": "mpts_52_partial"}[dataset]
+    path = SHARED / folder / "test.csv.gz"
     if path.is_file():
         from xtal_repr import read_csv_dataset
 
@@ -76,6 +79,8 @@ def compositions(dataset: str, n: int) -> tuple[list[tuple[int, ...]], str]:
     rng = np.random.default_rng(0)
     if dataset == "perov5":
         sizes = [5] * n
+    elif dataset == "mpts52":
+        sizes = rng.integers(1, 53, size=n).tolist()
     else:
         p = np.array(MP20_HIST, float) / sum(MP20_HIST)
         sizes = rng.choice(np.arange(1, 21), size=n, p=p).tolist()
@@ -224,6 +229,10 @@ def main() -> None:
     )
     ap.add_argument("--mp20", type=int, default=200, help="MP-20 compositions (compact model)")
     ap.add_argument("--mp20-paper", type=int, default=40, help="MP-20 compositions (paper model)")
+    ap.add_argument("--mpts52", type=int, default=100, help="MPTS-52 compositions (compact model)")
+    ap.add_argument(
+        "--mpts52-paper", type=int, default=16, help="MPTS-52 compositions (paper model)"
+    )
     ap.add_argument("--batch-atoms", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="10 steps, few compositions (smoke run)")
@@ -253,6 +262,7 @@ def main() -> None:
     if args.quick:
         args.steps, args.perov, args.mp20, args.repeats = 10, 20, 20, 1
         args.perov_paper, args.mp20_paper = 10, 10
+        args.mpts52, args.mpts52_paper = 10, 4
     common = [
         "--device",
         args.device,
@@ -267,18 +277,19 @@ def main() -> None:
     ]
     results = []
     for model in args.models.split(","):
-        n_mp20 = args.mp20 if model == "compact" else args.mp20_paper
-        n_perov = args.perov if model == "compact" else args.perov_paper
-        results.append(
-            run_case(
-                ["model", "--model", model, "--dataset", "perov5", "--count", str(n_perov), *common]
-            )
-        )
-        results.append(
-            run_case(
-                ["model", "--model", model, "--dataset", "mp20", "--count", str(n_mp20), *common]
-            )
-        )
+        counts = {
+            "perov5": args.perov if model == "compact" else args.perov_paper,
+            "mp20": args.mp20 if model == "compact" else args.mp20_paper,
+            "mpts52": args.mpts52 if model == "compact" else args.mpts52_paper,
+        }
+        for dataset, count in counts.items():
+            if count > 0:
+                results.append(
+                    run_case(
+                        ["model", "--model", model, "--dataset", dataset, "--count", str(count)]
+                        + common
+                    )
+                )
         if model == "compact":
             results.append(run_case(["pipeline", "--model", model, *common]))
     entry = {

@@ -80,7 +80,7 @@ def main() -> None:
     done = {(p["solver"], p["steps"], p.get("anti_annealing")) for p in result["points"]}
     targets = out / "targets.csv.gz"
     split_file = Path(args.dataset_dir) / f"{args.split}.csv.gz"
-    n_targets = subset_targets(split_file, args.subset, args.seed, targets)
+    n_targets, _ = subset_targets(split_file, args.subset, args.seed, targets)
     result.update({
         "benchmark": "MR@1 vs integration steps and solver (bench/quality_per_step.py)",
         "checkpoint": args.checkpoint, "targets": f"{n_targets} of {split_file} "

@@ -68,7 +68,7 @@ def main() -> None:
     if test is None:
         raise SystemExit(f"--dataset-dir {args.dataset_dir}: no {args.split}.csv(.gz)")
     targets = out / "targets.csv.gz"
-    n_targets = subset_targets(test, args.subset, args.seed, targets)
+    n_targets, _ = subset_targets(test, args.subset, args.seed, targets)
     config = json.loads((run_dir / "config.json").read_text())
     result.update({
         "benchmark": "MR@1 vs training wall time (bench/quality_vs_time.py)",

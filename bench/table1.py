@@ -53,11 +53,32 @@ DATASETS = {
 }  # fmt: skip
 
 
-def subset_targets(src: Path, n: int | None, seed: int, dst: Path) -> int:
+def read_ids(path: Path) -> set[str]:
+    """The ``material_id`` column of a CSV / CSV.gz file (one-line error if it has none)."""
+    if not path.is_file():
+        raise SystemExit(f"--exclude-ids: no such file {path}")
+    with (
+        gzip.open(path, "rt", newline="") if path.suffix == ".gz" else open(path, newline="") as fh
+    ):
+        reader = csv.DictReader(fh)
+        if "material_id" not in (reader.fieldnames or []):
+            raise SystemExit(f"--exclude-ids: {path} has no material_id column")
+        return {r["material_id"] for r in reader}
+
+
+def subset_targets(
+    src: Path, n: int | None, seed: int, dst: Path, exclude: set[str] | frozenset = frozenset()
+) -> tuple[int, int]:
+    """Write ``n`` test rows drawn with ``seed`` (all if None) to ``dst``, after removing the rows
+    whose material_id is in ``exclude``. Returns (rows written, rows excluded)."""
     with gzip.open(src, "rt", newline="") if src.suffix == ".gz" else open(src, newline="") as fh:
         reader = csv.DictReader(fh)
         header = list(reader.fieldnames or [])
         rows = list(reader)
+    n_all = len(rows)
+    if exclude:
+        rows = [r for r in rows if r.get("material_id") not in exclude]
+    n_excluded = n_all - len(rows)
     if n is not None and n < len(rows):
         idx = sorted(random.Random(seed).sample(range(len(rows)), n))
         rows = [rows[i] for i in idx]
@@ -68,7 +89,7 @@ def subset_targets(src: Path, n: int | None, seed: int, dst: Path) -> int:
     dst.parent.mkdir(parents=True, exist_ok=True)
     with gzip.open(dst, "wt", newline="") as fh:
         fh.write(buf.getvalue())
-    return len(rows)
+    return len(rows), n_excluded
 
 
 def drop_unsupported(targets: Path, ckpt: str) -> dict[str, str]:
@@ -137,12 +158,28 @@ def main() -> None:
         help="anti-annealing slope s' (default: the checkpoint's, 5 for CSP as in the paper); "
         "choose it on the validation split (bench/quality_per_step.py --split val)",
     )
+    ap.add_argument(
+        "--exclude-ids",
+        type=Path,
+        action="append",
+        default=[],
+        help="CSV(.gz) with a material_id column (repeatable): test targets with these ids are "
+        "left out before --subset is drawn, e.g. the training split of a model evaluated on "
+        "another dataset's test split",
+    )
+    ap.add_argument(
+        "--train-label", help="what the model was trained on, for the row (default: the dataset's)"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", type=Path, help="work folder (default bench/results/table1-<dataset>)")
     args = ap.parse_args()
 
     folder, preset, train_label, paper1, paper20 = DATASETS[args.dataset]
+    train_label = args.train_label or train_label
+    exclude: set[str] = set()
+    for path in args.exclude_ids:
+        exclude |= read_ids(path)
     data = args.data or SHARED / folder
     out = args.out or REPO / "bench/results" / f"table1-{args.dataset}"
     out.mkdir(parents=True, exist_ok=True)
@@ -175,7 +212,9 @@ def main() -> None:
         ckpt = str(run_dir)
 
     targets = out / "targets.csv.gz"
-    n_targets = subset_targets(data / "test.csv.gz", args.subset, args.seed, targets)
+    n_targets, n_excluded = subset_targets(
+        data / "test.csv.gz", args.subset, args.seed, targets, exclude
+    )
     # targets with an element the model never saw (train_partial lacks a few, e.g. Ar) cannot be
     # sampled: they are left out of sampling and count as unmatched in the full-split match rate
     unsupported = drop_unsupported(targets, ckpt)
@@ -208,11 +247,18 @@ def main() -> None:
     row = {
         "dataset": args.dataset,
         "train_split": train_label,
-        "targets": n_targets if args.subset is None else f"{n_targets} (subset, seed {args.seed})",
+        "targets": (n_targets if args.subset is None else f"{n_targets} (subset, seed {args.seed})")
+        if not n_excluded
+        else f"{n_targets} ({'subset, seed ' + str(args.seed) + ', ' if args.subset else ''}"
+        f"{n_excluded} excluded by id)",
         "steps": args.steps,
         "solver": args.solver,
         "anti_annealing": args.anti_annealing,
         "unsupported_targets": unsupported,
+        "excluded_targets": {
+            "count": n_excluded,
+            "ids_from": [portable(str(p)) for p in args.exclude_ids],
+        },
         "metrics": metrics,
         "paper": {"k1": paper1, "k20": paper20},
         "budget": budget,

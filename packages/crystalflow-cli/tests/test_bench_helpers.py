@@ -82,3 +82,32 @@ def test_table3_row_names_where_stability_was_measured(subset):
         assert "75.00% / 50.00% (first 4)" in line
     else:
         assert "50.00% / 25.00% |" in line
+
+
+def test_table1_excludes_ids_before_drawing_the_subset(tmp_path):
+    table1 = _load("table1")
+    lat = Lattice.cubic(4.0)
+    structures = {f"mp-{i}": Structure(lat, ["Si"], [[0, 0, 0]]) for i in range(10)}
+    src = tmp_path / "test.csv.gz"
+    _targets(src, structures)
+    train = tmp_path / "train.csv"
+    train.write_text("material_id,cif\nmp-3,x\nmp-7,y\nmp-99,z\n")
+    exclude = table1.read_ids(train)
+    assert exclude == {"mp-3", "mp-7", "mp-99"}
+
+    dst = tmp_path / "targets.csv.gz"
+    assert table1.subset_targets(src, None, 0, dst, exclude) == (8, 2)
+    assert _ids(dst) == [f"mp-{i}" for i in range(10) if i not in (3, 7)]
+    # a subset is drawn from what is left, so an excluded id can never come back
+    for seed in range(5):
+        n, n_excluded = table1.subset_targets(src, 5, seed, dst, exclude)
+        assert (n, n_excluded) == (5, 2)
+        ids = _ids(dst)
+        assert len(set(ids)) == 5 and not set(ids) & exclude
+
+    no_column = tmp_path / "bad.csv"
+    no_column.write_text("id,cif\nmp-1,x\n")
+    with pytest.raises(SystemExit, match="no material_id column"):
+        table1.read_ids(no_column)
+    with pytest.raises(SystemExit, match="no such file"):
+        table1.read_ids(tmp_path / "missing.csv")
