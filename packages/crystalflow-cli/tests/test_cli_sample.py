@@ -211,6 +211,7 @@ def test_same_seed_same_structures_whatever_the_batch_size(tmp_path, ckpt):
         (["-f", "SiO2", "--num-atoms", 9, "--formula-units", 3], "not both"),
         (["-f", "BaXeO3"], "element(s) Xe, Ba are not in the model's element set"),
         (["-f", "SiO2", "--num-atoms", 15], "15 atoms exceed the model's limit of 12"),
+        (["-f", "SiO2", "--num-atoms", 15], "or --allow-larger to sample anyway"),
         (["-f", "SiO2", "--pressure", 10], "'pressure' is not one the checkpoint was trained with"),
         (["-f", "SiO2", "-c", "band_gap=1"], "'band_gap' is not one the checkpoint"),
         (["-f", "SiO2", "-c", "band_gap"], "expected key=value"),
@@ -479,3 +480,13 @@ def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_result(tmp_path, ck
         assert (full / name).read_bytes() == (out / name).read_bytes()
     assert (full / "candidates.csv").read_bytes() == (out / "candidates.csv").read_bytes()
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_allow_larger_on_the_command_line(tmp_path, ckpt):
+    out = tmp_path / "big"
+    r = invoke("sample", "-f", "SiO2", "--num-atoms", 15, "-n", 2, "--steps", STEPS,
+               "--checkpoint", ckpt, "-o", out, "--allow-larger", "-q")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    warn = [x for x in r.stderr.splitlines() if x.startswith("Warning:")]
+    assert len(warn) == 1 and "trained on at most 12" in warn[0]
+    assert len(list(out.glob("*.cif"))) == 2

@@ -436,3 +436,47 @@ def test_csv_condition_column_and_a_prefix_default(tmp_path):
         "sample", from_csv=path, n=1, conditions={"press": 7.0}, model=m, steps=STEPS, device="cpu"
     )
     assert [t.conditions for t in p.targets] == [{"pressure": 1.0}, {"pressure": 7.0}]
+
+
+def test_allow_larger_samples_cells_above_the_training_limit_with_one_warning(tmp_path):
+    m = tiny_model()
+    big = [Target("x", (8,) * 13, 2), Target("y", (14,) * 5 + (8,) * 10, 1)]
+    # without the option: an error naming the limit and the option
+    with pytest.raises(SamplingError, match="limit of 12 atoms per cell.*--allow-larger"):
+        check_targets(m, big, SamplingOptions(steps=STEPS))
+    checked, warns = check_targets(m, big, SamplingOptions(steps=STEPS, allow_larger=True))
+    assert len(checked) == 2
+    assert len(warns) == 1 and "trained on at most 12" in warns[0]
+
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = run_api(m, formula="SiO2", num_atoms=15, n=2, allow_larger=True, out=tmp_path / "o")
+    said = [
+        str(w.message) for w in caught if "trained" in str(w.message) or "up to" in str(w.message)
+    ]
+    # one warning from the check; the model's own "sampling crystals of up to" is not repeated
+    assert len(said) == 1 and "trained on at most 12" in said[0], said
+    assert [len(s) for s in out] == [15, 15]
+    assert all(s.composition.reduced_formula == "SiO2" for s in out)
+    # the option is stored with the run, so a bare --resume keeps it
+    p = sampling.prepare_resume(tmp_path / "o", device="cpu", model=m)
+    assert p.options.allow_larger
+    # formula_units="all" gives Z = 1 when even one formula unit is above the limit
+    out = run_api(m, formula="Sr4Ti4O12Mg", formula_units="all", n=1, allow_larger=True)
+    assert [len(s) for s in out] == [21]
+    # DNG has no composition to check: the option is refused there
+    with pytest.raises(SamplingError, match="--allow-larger applies to `crystalflow sample`"):
+        sampling.prepare("generate", n=1, model=tiny_model(mode="dng"), allow_larger=True)
+
+
+def test_runs_without_allow_larger_store_the_same_options_as_before(tmp_path):
+    """The manifest leaves allow_larger out when it is off, so runs stored by earlier versions
+    (whose options have no such key) still compare equal on --resume."""
+    m = tiny_model()
+    p = sampling.prepare("sample", formula="SiO2", n=1, model=m, steps=STEPS, device="cpu")
+    assert "allow_larger" not in p.manifest()["options"]
+    assert set(p.manifest()["options"]) == {
+        "steps", "solver", "anti_annealing", "guidance", "seed", "batch_size"
+    }  # fmt: skip

@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import time
+import warnings as _warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -506,6 +507,10 @@ class SamplingOptions:
         Base seed; each batch gets its own stream derived from it.
     batch_size : int or None
         Atoms per batch (``None``: 2048 on CPU, 65536 on CUDA).
+    allow_larger : bool
+        CSP only: accept compositions with more atoms per cell than the model's ``max_atoms``
+        (the largest training cell) with a warning instead of an error. The network itself takes
+        any size, but it has never seen such cells: expect lower quality.
     """
 
     steps: int = 100
@@ -514,6 +519,7 @@ class SamplingOptions:
     guidance: float = 1.0
     seed: int = 0
     batch_size: int | None = None
+    allow_larger: bool = False
 
     def __post_init__(self) -> None:
         from flowcore import METHODS
@@ -648,10 +654,18 @@ def check_targets(
         where = f"{t.id}: " if len(targets) > 1 else ""
         if t.atomic_numbers is not None:
             if len(t.atomic_numbers) > max_atoms:
-                raise SamplingError(
-                    f"{where}{len(t.atomic_numbers)} atoms exceed the model's limit of {max_atoms} "
-                    "atoms per cell (use a smaller --num-atoms/--formula-units)"
-                )
+                if not options.allow_larger:
+                    raise SamplingError(
+                        f"{where}{len(t.atomic_numbers)} atoms exceed the model's limit of "
+                        f"{max_atoms} atoms per cell (use a smaller --num-atoms/--formula-units, "
+                        "or --allow-larger to sample anyway)"
+                    )
+                if "larger" not in warned:
+                    warned.add("larger")
+                    warnings.append(
+                        f"{where}{len(t.atomic_numbers)} atoms per cell: the model was trained on "
+                        f"at most {max_atoms} (--allow-larger); expect lower quality"
+                    )
             if allowed:
                 bad = sorted({z for z in t.atomic_numbers if z not in allowed})
                 if bad:
@@ -846,16 +860,19 @@ def _sample_batch(
     else:
         # one stream per batch (CPU generator: the prior draw is the same on every device)
         kwargs["generator"] = torch.Generator().manual_seed(batch_seed(options.seed, batch))
-    return model.sample(
-        num_atoms,
-        z,
-        conds,
-        steps=options.steps,
-        solver=options.solver,
-        anti_annealing=options.anti_annealing,
-        guidance=options.guidance,
-        **kwargs,
-    )
+    with _warnings.catch_warnings():
+        if options.allow_larger:  # already reported once by check_targets
+            _warnings.filterwarnings("ignore", message="sampling crystals of up to")
+        return model.sample(
+            num_atoms,
+            z,
+            conds,
+            steps=options.steps,
+            solver=options.solver,
+            anti_annealing=options.anti_annealing,
+            guidance=options.guidance,
+            **kwargs,
+        )
 
 
 def _group_batches_by_conditions(
@@ -1012,11 +1029,14 @@ class Prepared:
         """The request as stored in ``run.json`` (targets are added by the writer)."""
         from crystalflow import __version__
 
+        options = asdict(self.options)
+        if not options["allow_larger"]:  # runs stored before the option existed still resume
+            del options["allow_larger"]
         return {
             "command": self.command,
             "checkpoint": self.checkpoint,
             "device": self.device,
-            "options": asdict(self.options),
+            "options": options,
             "postprocess": asdict(self.postprocess),
             "crystalflow_version": __version__,
         }
@@ -1056,6 +1076,7 @@ def prepare(
     dedup: bool = False,
     relax: bool = False,
     symprec: float = 0.1,
+    allow_larger: bool = False,
 ) -> Prepared:
     """Build and check a sampling request; nothing is written.
 
@@ -1097,6 +1118,8 @@ def prepare(
         raise SamplingError("`generate` takes no formula (use `crystalflow sample` for CSP)")
     elif formula_units is not None:
         raise SamplingError("--formula-units applies to `crystalflow sample`")
+    elif allow_larger:
+        raise SamplingError("--allow-larger applies to `crystalflow sample` (CSP)")
     options = SamplingOptions(
         steps=steps,
         solver=solver,
@@ -1104,6 +1127,7 @@ def prepare(
         guidance=guidance,
         seed=seed,
         batch_size=batch_size,
+        allow_larger=bool(allow_larger),
     )
     post = _postprocess_options(
         drop_closer_than=drop_closer_than,
@@ -1130,10 +1154,12 @@ def prepare(
     if command == "sample" and formula is not None and targets is None:  # --formula-units all
         reduced = cell_composition(formula, formula_units=1)
         zmax = int(model.config.max_atoms) // reduced.num_atoms
+        if zmax < 1 and allow_larger:
+            zmax = 1
         if zmax < 1:
             raise SamplingError(
                 f"{reduced.formula} has {reduced.num_atoms} atoms, more than the model's limit of "
-                f"{model.config.max_atoms}"
+                f"{model.config.max_atoms} (--allow-larger samples it anyway)"
             )
         targets = [formula_target(formula, n, None, z, conds) for z in range(1, zmax + 1)]
     if command == "sample" and from_csv is not None:
@@ -1322,6 +1348,7 @@ def sample(
     symprec: float = 0.1,
     resume: bool = False,
     progress: bool = False,
+    allow_larger: bool = False,
 ) -> list[Structure]:
     """Crystal structure prediction: sample ``n`` structures for a formula (or every CSV row).
 
@@ -1363,6 +1390,9 @@ def sample(
         Complete an interrupted run in ``out``.
     progress : bool
         Show a progress bar.
+    allow_larger : bool
+        Accept cells larger than the model's training limit (``max_atoms``) with a warning
+        instead of an error (see :class:`SamplingOptions`).
 
     Returns
     -------
@@ -1393,6 +1423,7 @@ def sample(
         dedup=dedup,
         relax=relax,
         symprec=symprec,
+        allow_larger=allow_larger,
     )
     _emit_warnings(prepared.warnings)
     return execute(prepared, out, formats=formats, resume=resume, progress=progress).structures

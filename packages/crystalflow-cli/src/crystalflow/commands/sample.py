@@ -299,6 +299,15 @@ def register(app: typer.Typer) -> None:
         symprec: SYMPREC_OPT = 0.1,
         resume: RESUME_OPT = False,
         quiet: QUIET_OPT = False,
+        allow_larger: Annotated[
+            bool,
+            typer.Option(
+                "--allow-larger",
+                help="Sample cells with more atoms than the model's training limit "
+                "(max_atoms) with a warning instead of an error; quality is untested there.",
+                rich_help_panel=_SAMPLING,
+            ),
+        ] = False,
     ) -> None:
         """Crystal structure prediction: sample structures of a given composition.
 
@@ -332,4 +341,5 @@ def register(app: typer.Typer) -> None:
             dedup=dedup,
             relax=relax,
             symprec=symprec,
+            allow_larger=allow_larger,
         )
