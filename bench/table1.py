@@ -244,13 +244,12 @@ def main() -> None:
             m["match_rate"] = m["match_rate"] * n_eval / n_targets
             m["rmse_over"] = "matched sampled targets (RMSE-all: sampled targets only)"
 
+    notes = [f"subset, seed {args.seed}"] if args.subset is not None else []
+    notes += [f"{n_excluded} excluded by id"] if n_excluded else []
     row = {
         "dataset": args.dataset,
         "train_split": train_label,
-        "targets": (n_targets if args.subset is None else f"{n_targets} (subset, seed {args.seed})")
-        if not n_excluded
-        else f"{n_targets} ({'subset, seed ' + str(args.seed) + ', ' if args.subset else ''}"
-        f"{n_excluded} excluded by id)",
+        "targets": f"{n_targets} ({', '.join(notes)})" if notes else n_targets,
         "steps": args.steps,
         "solver": args.solver,
         "anti_annealing": args.anti_annealing,

@@ -860,19 +860,20 @@ def _sample_batch(
     else:
         # one stream per batch (CPU generator: the prior draw is the same on every device)
         kwargs["generator"] = torch.Generator().manual_seed(batch_seed(options.seed, batch))
+    call = dict(
+        steps=options.steps,
+        solver=options.solver,
+        anti_annealing=options.anti_annealing,
+        guidance=options.guidance,
+        **kwargs,
+    )
+    if not options.allow_larger:
+        return model.sample(num_atoms, z, conds, **call)
+    # the model warns about cells above its limit; check_targets has already said so once
+    # (the filter is touched only on this path: warning filters are process-wide)
     with _warnings.catch_warnings():
-        if options.allow_larger:  # already reported once by check_targets
-            _warnings.filterwarnings("ignore", message="sampling crystals of up to")
-        return model.sample(
-            num_atoms,
-            z,
-            conds,
-            steps=options.steps,
-            solver=options.solver,
-            anti_annealing=options.anti_annealing,
-            guidance=options.guidance,
-            **kwargs,
-        )
+        _warnings.filterwarnings("ignore", message="sampling crystals of up to")
+        return model.sample(num_atoms, z, conds, **call)
 
 
 def _group_batches_by_conditions(
