@@ -215,6 +215,11 @@ def main() -> None:
     n_targets, n_excluded = subset_targets(
         data / "test.csv.gz", args.subset, args.seed, targets, exclude
     )
+    if n_targets == 0:
+        raise SystemExit(
+            f"{data / 'test.csv.gz'}: no test targets left"
+            + (f" after --exclude-ids ({n_excluded} excluded)" if n_excluded else "")
+        )
     # targets with an element the model never saw (train_partial lacks a few, e.g. Ar) cannot be
     # sampled: they are left out of sampling and count as unmatched in the full-split match rate
     unsupported = drop_unsupported(targets, ckpt)
