@@ -186,6 +186,18 @@ def main() -> None:
     log = out / "log.txt"
     budget: dict = {"device": machine(), "date": today()}
 
+    # the targets first: a bad --exclude-ids / --subset fails before any training
+    if not (data / "test.csv.gz").is_file():
+        raise SystemExit(f"--data {data}: no test.csv.gz")
+    targets = out / "targets.csv.gz"
+    n_targets, n_excluded = subset_targets(
+        data / "test.csv.gz", args.subset, args.seed, targets, exclude
+    )
+    if n_targets == 0:
+        raise SystemExit(
+            f"{data / 'test.csv.gz'}: no test targets left"
+            + (f" after --exclude-ids ({n_excluded} excluded)" if n_excluded else "")
+        )
     if args.checkpoint:
         ckpt = args.checkpoint
         budget["training"] = checkpoint_budget(ckpt)
@@ -211,15 +223,6 @@ def main() -> None:
                               "overrides": args.set}  # fmt: skip
         ckpt = str(run_dir)
 
-    targets = out / "targets.csv.gz"
-    n_targets, n_excluded = subset_targets(
-        data / "test.csv.gz", args.subset, args.seed, targets, exclude
-    )
-    if n_targets == 0:
-        raise SystemExit(
-            f"{data / 'test.csv.gz'}: no test targets left"
-            + (f" after --exclude-ids ({n_excluded} excluded)" if n_excluded else "")
-        )
     # targets with an element the model never saw (train_partial lacks a few, e.g. Ar) cannot be
     # sampled: they are left out of sampling and count as unmatched in the full-split match rate
     unsupported = drop_unsupported(targets, ckpt)
