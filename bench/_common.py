@@ -105,6 +105,9 @@ def checkpoint_budget(ckpt: str) -> dict:
         # the shipped model was trained before resumes carried the wall time over: its recorded
         # figure covers the last leg only; the model card has the whole budget
         out["budget"] = "see the model card (crystalflow/checkpoints/README.md)"
+    if isinstance(info.get("init_from"), dict):
+        # a run started from another model (crystalflow train --init-from): its cost comes on top
+        out["init_from"] = info["init_from"]
     return out
 
 

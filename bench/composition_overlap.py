@@ -16,6 +16,18 @@ without having chosen one.
     uv run python bench/composition_overlap.py --dataset-dir ../shared/data/perov_5 --split test \\
         --targets RUN/targets.csv.gz --samples RUN/samples --out bench/results/overlap.json
 
+With ``--ceiling`` it also reads the other splits and counts, for every target, the distinct
+arrangements ``m`` of its reduced formula in the whole dataset (train + val + test; structures of a
+formula are grouped with the same matcher). A sampler that sees only the composition cannot know
+which of the ``m`` arrangements a split holds; as long as a candidate matches at most one of them,
+its expected MR@1 on a target is at most ``1/m``, so ``mean(1/m)`` over the targets bounds MR@1 for
+such a model. Beating it takes candidates loose enough to match two arrangements, or preferring the
+arrangement that the training split lacks (a property of how the split was drawn, not of the
+chemistry).
+
+    uv run python bench/composition_overlap.py --dataset-dir ../shared/data/perov_5 --split test \
+        --ceiling --out bench/results/composition_ceiling-perov5-test.json
+
 ``nox -s bench -- composition_overlap ARGS`` runs the same script.
 """
 
@@ -48,6 +60,41 @@ def read_split(path: Path) -> list[tuple[str, Structure]]:
     return out
 
 
+def arrangements(structures: list[Structure], matcher: StructureMatcher) -> list[Structure]:
+    """One representative of each distinct arrangement among structures of one formula."""
+    distinct: list[Structure] = []
+    for s in structures:
+        if not any(matcher.fit(d, s) for d in distinct):
+            distinct.append(s)
+    return distinct
+
+
+def ceiling(
+    splits: dict[str, list[tuple[str, Structure]]],
+    targets: list[tuple[str, Structure]],
+    matcher: StructureMatcher,
+) -> dict:
+    """Distinct arrangements per formula over all ``splits`` and the composition-only bound of
+    MR@1 on ``targets``: the mean of 1 / (arrangements of the target's formula)."""
+    by_formula: dict[str, list[Structure]] = defaultdict(list)
+    for rows in splits.values():
+        for _, s in rows:
+            by_formula[s.composition.reduced_formula].append(s)
+    m = {f: len(arrangements(v, matcher)) for f, v in by_formula.items()}
+    per_target = [m[s.composition.reduced_formula] for _, s in targets]
+    hist = Counter(per_target)
+    return {
+        "splits_read": sorted(splits),
+        "n_formulas": len(m),
+        "formulas_by_structures": {
+            str(k): v for k, v in sorted(Counter(len(v) for v in by_formula.values()).items())
+        },
+        "formulas_by_arrangements": {str(k): v for k, v in sorted(Counter(m.values()).items())},
+        "targets_by_arrangements": {str(k): v for k, v in sorted(hist.items())},
+        "mr1_bound": sum(1.0 / k for k in per_target) / len(per_target),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dataset-dir", required=True, type=Path, help="folder with train/<split>")
@@ -56,6 +103,12 @@ def main() -> None:
     ap.add_argument("--samples", type=Path, help="folder of <material_id>_000.cif candidates")
     ap.add_argument("--limit", type=int, help="only the first N targets")
     ap.add_argument("--out", type=Path, help="JSON result file")
+    ap.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="also count the distinct arrangements of each formula over train + val + test and "
+        "the composition-only bound of MR@1 (see above)",
+    )
     args = ap.parse_args()
 
     targets_file = args.targets or args.dataset_dir / f"{args.split}.csv.gz"
@@ -117,6 +170,12 @@ def main() -> None:
         "machine": machine(),
         "date": today(),
     }
+    if args.ceiling:
+        names = [
+            n for n in ("train", "val", "test") if (args.dataset_dir / f"{n}.csv.gz").is_file()
+        ]
+        splits = {n: read_split(args.dataset_dir / f"{n}.csv.gz") for n in names}
+        result["ceiling"] = ceiling(splits, targets, matcher)
     for c, v in result["classes"].items():
         mr = ""
         if "mr1" in v:
@@ -125,6 +184,12 @@ def main() -> None:
                 mr += ", matched ones also matching the training structure: "
                 mr += f"{v['matched_also_train_structure']}"
         print(f"{c}: {v['n']} ({100 * v['fraction']:.1f}%){mr}")
+    if args.ceiling:
+        c = result["ceiling"]
+        print(
+            f"targets by distinct arrangements of their formula ({' + '.join(c['splits_read'])}): "
+            f"{c['targets_by_arrangements']}; composition-only MR@1 bound {100 * c['mr1_bound']:.2f}%"
+        )
     if args.out:
         write_json(args.out, result)
 

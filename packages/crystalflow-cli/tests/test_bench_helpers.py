@@ -111,3 +111,47 @@ def test_table1_excludes_ids_before_drawing_the_subset(tmp_path):
         table1.read_ids(no_column)
     with pytest.raises(SystemExit, match="no such file"):
         table1.read_ids(tmp_path / "missing.csv")
+
+
+def _perovskite(a_site: str, b_site: str, shift=(0.0, 0.0, 0.0)) -> Structure:
+    """Cubic ABO3: A at the corner, B at the body centre, O at the face centres."""
+    coords = [(0, 0, 0), (0.5, 0.5, 0.5), (0.5, 0.5, 0), (0.5, 0, 0.5), (0, 0.5, 0.5)]
+    coords = [tuple((c + d) % 1.0 for c, d in zip(x, shift)) for x in coords]
+    return Structure(Lattice.cubic(3.9), [a_site, b_site, "O", "O", "O"], coords)
+
+
+def test_composition_ceiling_counts_distinct_arrangements_over_all_splits():
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    mod = _load("composition_overlap")
+    matcher = StructureMatcher(stol=0.5, ltol=0.3, angle_tol=10)
+    sr_a, ti_a = _perovskite("Sr", "Ti"), _perovskite("Ti", "Sr")  # the two cation orderings
+    nacl = Structure(Lattice.cubic(5.6), ["Na", "Cl"], [(0, 0, 0), (0.5, 0.5, 0.5)])
+    splits = {
+        "train": [("t1", sr_a)],
+        # the same ordering again, translated: one arrangement, not two
+        "val": [("v1", _perovskite("Ti", "Sr", shift=(0.1, 0.2, 0.3)))],
+        "test": [("x1", ti_a), ("x2", nacl)],
+    }
+    assert not matcher.fit(sr_a, ti_a)
+    got = mod.ceiling(splits, splits["test"], matcher)
+    assert got["formulas_by_structures"] == {"1": 1, "3": 1}
+    assert got["formulas_by_arrangements"] == {"1": 1, "2": 1}
+    assert got["targets_by_arrangements"] == {"1": 1, "2": 1}
+    assert got["mr1_bound"] == pytest.approx((1 / 2 + 1) / 2)
+
+
+def test_checkpoint_budget_reports_the_model_a_run_started_from(tmp_path):
+    from crystalflow.checkpoint import save_model
+    from crystalflow.config import load_config
+    from crystalflow.model import CrystalFlow
+
+    common = _load("_common")
+    model = CrystalFlow(load_config("tiny").model)
+    start = {"source": "default", "file": "default.safetensors", "step": 10, "epoch": 2}
+    save_model(tmp_path / "plain.safetensors", model, info={"train_wall_s": 90.0, "epoch": 3})
+    save_model(tmp_path / "ft.safetensors", model, info={"train_wall_s": 30.0, "init_from": start})
+    plain = common.checkpoint_budget(str(tmp_path / "plain.safetensors"))
+    assert plain["train_wall_min"] == 1.5 and plain["epoch"] == 3 and "init_from" not in plain
+    ft = common.checkpoint_budget(str(tmp_path / "ft.safetensors"))
+    assert ft["train_wall_min"] == 0.5 and ft["init_from"] == start

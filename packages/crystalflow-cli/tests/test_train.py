@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from crystalflow.checkpoint import CheckpointError, load_model, load_train_state
+from crystalflow.checkpoint import CheckpointError, load_model, load_train_state, read_safetensors
 from crystalflow.cli import _register, app
 from crystalflow.config import ConfigError, load_config
-from crystalflow.train import resume, train
+from crystalflow.train import _Trainer, resume, train
 from typer.testing import CliRunner
 
 FIX = Path(__file__).parent / "fixtures" / "train"
@@ -341,3 +341,111 @@ def test_resume_with_reschedule_fits_the_cosine_schedule_to_the_new_epochs(tmp_p
     # rescheduled: the horizon is now 24 steps; epoch 2 is mid-way, the end is at min_lr
     assert runs["new"][2] > 1e-4
     assert runs["new"][-1] < 2e-5
+
+
+# ---------------------------------------------------------------------- --init-from
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """A small trained run (hidden 16) to start from; 2 epochs of 6 steps."""
+    out = tmp_path_factory.mktemp("src") / "run"
+    train(tiny("train.epochs=2", "model.hidden=16"), out, progress=False)
+    return out
+
+
+def test_a_new_run_starts_from_the_files_weights(source, tmp_path):
+    tensors, meta = read_safetensors(source / "model_best.safetensors", "model file")
+    init = f"train.init_from={source / 'model_best.safetensors'}"
+    cfg = tiny("model.hidden=16", "train.epochs=3", init)
+    trainer = _Trainer(cfg, tmp_path / "b", None, progress=False)
+    try:
+        for name, t in trainer.model.net.state_dict().items():
+            torch.testing.assert_close(t, tensors[name], rtol=0, atol=0, msg=name)
+        for name, t in trainer.ema.model.net.state_dict().items():
+            torch.testing.assert_close(t, tensors[name], rtol=0, atol=0, msg=name)
+        # same weights, same validation data and draws: the source run's best validation loss
+        assert trainer.validate()["loss"] == pytest.approx(meta["info"]["val_loss"], rel=1e-9)
+        assert (trainer.step, trainer.total_steps) == (0, 3 * 6)  # a fresh schedule
+    finally:
+        trainer.close()
+    fresh = _Trainer(tiny("model.hidden=16"), tmp_path / "c", None, progress=False)
+    try:  # without init_from the network is a new random one
+        w = dict(fresh.model.net.state_dict())
+        assert any(not torch.equal(w[k], tensors[k]) for k in tensors)
+    finally:
+        fresh.close()
+
+
+def test_models_of_an_initialised_run_record_where_they_started(source, tmp_path):
+    out = tmp_path / "b"
+    train(
+        tiny("model.hidden=16", "train.max_steps=2", f"train.init_from={source}"),
+        out,
+        progress=False,
+    )
+    src_info = load_model(source).info
+    rec = load_model(out).info["init_from"]
+    assert rec["source"] == str(source) and rec["file"] == "model_best.safetensors"
+    assert (rec["step"], rec["epoch"]) == (src_info["step"], src_info["epoch"])
+    resume(out, max_steps=3, progress=False)  # provenance survives a resume
+    assert load_model(out, which="last").info["init_from"] == rec
+    assert json.loads((out / "config.json").read_text())["train"]["init_from"] == str(source)
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [("model.hidden=24", "hidden=24 (file: 16)"), ("model.mode=dng", "mode='dng' (file: 'csp')")],
+)
+def test_another_network_is_refused_in_one_line(source, tmp_path, override, match):
+    cfg = tiny("model.hidden=16", override, f"train.init_from={source}")
+    with pytest.raises(CheckpointError) as err:
+        train(cfg, tmp_path / "b", progress=False)
+    msg = str(err.value)
+    assert match in msg and f"train.init_from={source}" in msg and "\n" not in msg
+
+
+def test_loss_weights_and_max_atoms_may_change(source, tmp_path):
+    cfg = tiny(
+        "model.hidden=16",
+        "model.lambda_F=3",
+        "model.max_atoms=8",
+        "train.max_steps=1",
+        f"train.init_from={source}",
+    )
+    train(cfg, tmp_path / "b", progress=False)
+    model = load_model(tmp_path / "b")
+    assert model.config.lambda_F == 3 and model.config.max_atoms == 8
+
+
+def test_cli_takes_the_network_from_the_file(cli, source, tmp_path):
+    out = tmp_path / "b"
+    args = ["train", "--init-from", str(source), "--preset", "tiny", "--data", str(PEROV)]
+    args += ["--out", str(out), "--max-steps", "1", "--set", "train.batch_size=8"]
+    args += ["--set", "model.lambda_F=4", "--no-progress"]
+    res = cli.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model"]["hidden"] == 16  # the file's, not the tiny preset's
+    assert load_config("tiny").model.hidden != 16
+    assert cfg["model"]["lambda_F"] == 4 and cfg["train"]["init_from"] == str(source)
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (["--init-from", "{tmp}/nothing.safetensors"], "--init-from {tmp}/nothing.safetensors: "),
+        (["--init-from", "{src}", "--set", "model.num_layers=1"], "num_layers=1 (file: "),
+    ],
+)
+def test_cli_init_errors_are_one_line(cli, source, tmp_path, extra, match):
+    extra = [a.replace("{tmp}", str(tmp_path)).replace("{src}", str(source)) for a in extra]
+    match = match.replace("{tmp}", str(tmp_path))
+    args = ["train", "--preset", "tiny", "--data", str(PEROV), "--out", str(tmp_path / "b"), *extra]
+    res = cli.invoke(app, [*args, "--no-progress"])
+    assert res.exit_code == 2, res.output
+    lines = [x for x in res.output.splitlines() if x.startswith("error:")]
+    assert len(lines) == 1 and match in lines[0] and "Traceback" not in res.output, res.output
+
+
+def test_cli_refuses_init_from_with_resume(cli, source):
+    res = cli.invoke(app, ["train", "--resume", str(source), "--init-from", str(source)])
+    assert res.exit_code == 2 and "--init-from" in res.output and "cannot be combined" in res.output

@@ -177,6 +177,14 @@ class TrainConfig(_Section):
         description="wall-clock minutes between kept model snapshots in snapshots/ (0: off)",
     )
     skip_nonfinite: bool = True
+    init_from: str | None = Field(
+        None,
+        description=(
+            "start a new run from the weights of this model file, run folder or 'default' (the "
+            "bundled model): fine-tuning / continued training; the model section must describe "
+            "the same network (the command line takes it from the file)"
+        ),
+    )
     log_every: int = Field(0, ge=0, description="steps between lines of steps.jsonl (0: off)")
     tensorboard: bool = False
 

@@ -42,8 +42,10 @@ from crystalflow.checkpoint import (
     CheckpointError,
     json_float,
     load_train_state,
+    model_from_file,
     optimizer_from_tensors,
     optimizer_to_tensors,
+    resolve_model_path,
     save_model,
     save_train_state,
 )
@@ -59,7 +61,7 @@ from crystalflow.data import (
 from crystalflow.distributed import DistInfo, all_reduce_, barrier, cleanup, setup
 from crystalflow.model import CrystalFlow
 
-__all__ = ["TrainResult", "resume", "step_seed", "train"]
+__all__ = ["INIT_FIXED_FIELDS", "TrainResult", "init_model", "resume", "step_seed", "train"]
 
 STATE_FILE = "state_last.safetensors"
 METRICS_FILE = "metrics.jsonl"
@@ -197,10 +199,17 @@ class _Trainer:
         if self.dist.is_main:
             barrier(self.dist)
         self.num_train, self.num_val = len(train_ds), len(val_ds)
+        init = None
         if state is None:
             normalizer = fit_normalizer(train_ds, config.model.conditions)
             hist = num_atoms_histogram(train_ds, config.model.max_atoms)
             elements = sorted(int(z) for z in np.unique(train_ds.atomic_numbers))
+            if tc.init_from:
+                init = init_model(tc.init_from, config.model)
+                # the weights were trained on the file's condition scaling: keep it; the model
+                # knows the elements of both trainings
+                normalizer = dict(init.normalizer)
+                elements = sorted(set(elements) | {int(z) for z in init.elements})
         else:
             meta = state[1]
             if (meta["num_train"], meta["num_val"]) != (self.num_train, self.num_val):
@@ -225,6 +234,11 @@ class _Trainer:
         # ---- model, EMA, optimiser, schedule
         dev = self.dist.device
         self.model = CrystalFlow(config.model, normalizer, hist, elements).to(dev)
+        if init is not None:
+            self.model.net.load_state_dict(init.net.state_dict(), strict=True)
+            self.data_info["init_from"] = init.init_record
+        elif state is not None and state[1].get("init_from") is not None:
+            self.data_info["init_from"] = state[1]["init_from"]
         self.ema = _EMA(self.model, tc.ema_decay) if tc.ema_decay > 0 else None
         opt_cls = torch.optim.AdamW if tc.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = opt_cls(
@@ -460,6 +474,7 @@ class _Trainer:
             "num_train": self.num_train,
             "num_val": self.num_val,
             "world": self.dist.world,
+            "init_from": self.data_info.get("init_from"),
         }
 
     def _load_state(self, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
@@ -708,6 +723,58 @@ class _Trainer:
     def close(self) -> None:
         torch.set_num_threads(self._threads)
         cleanup(self.dist)
+
+
+# model fields that define the network and its flow: a run initialised from a model file must keep
+# them (loss weights, max_atoms, the time sampler and the condition dropout may change)
+INIT_FIXED_FIELDS = (
+    "mode",
+    "hidden",
+    "num_layers",
+    "time_dim",
+    "num_freqs",
+    "num_millers",
+    "lattice_sigma",
+    "conditions",
+    "null_cond",
+    "cond_basis",
+)
+
+
+def init_model(source: str, model_config: Any) -> CrystalFlow:
+    """The model a new run starts from (``train.init_from``), checked against ``model_config``.
+
+    ``source`` is a model file, a run folder (its best model) or ``default`` (the bundled model).
+    The returned model carries ``init_record``, the provenance stored with the run's models.
+
+    Raises
+    ------
+    CheckpointError
+        One line naming ``source`` when it cannot be read or describes another network.
+    """
+    try:
+        path = resolve_model_path(None if source == "default" else source)
+        init = model_from_file(path)
+    except CheckpointError as exc:
+        raise CheckpointError(f"train.init_from={source}: {exc}") from None
+    mine, theirs = model_config.model_dump(), init.config.model_dump()
+    diff = [f"{k}={mine[k]!r} (file: {theirs[k]!r})" for k in INIT_FIXED_FIELDS if mine[k] != theirs[k]]
+    if diff:
+        raise CheckpointError(
+            f"train.init_from={source}: the model file {path.name} describes another network: "
+            + ", ".join(diff)
+            + " (leave the model section to the file, or change only loss weights / max_atoms)"
+        )
+    info = init.info or {}
+    init.init_record = {
+        "source": source,
+        "file": path.name,
+        "step": info.get("step"),
+        "epoch": info.get("epoch"),
+        "train_wall_s": info.get("train_wall_s"),
+        "train_source": info.get("train_source"),
+    }
+    return init
 
 
 def _truncate_metrics(run_dir: Path, step: int, name: str = METRICS_FILE) -> None:

@@ -6,6 +6,11 @@
                       [--seed S] [--set key=value ...] [--config FILE]
     crystalflow train --train FILE --val FILE --out RUN_DIR ...
     crystalflow train --resume RUN_DIR [--max-steps N] [--epochs N]
+    crystalflow train --init-from MODEL --data DIR --out RUN_DIR ...   (fine-tune / continue a model)
+
+With ``--init-from`` (a model file, a run folder or ``default``) the new run starts from that model's
+weights, and its ``model`` section is the file's (``--set model.lambda_F=...`` and the like still
+apply on top); the training section comes from ``--preset``/``--config``/``--set`` as usual.
 
 Multi-GPU / multi-node: launch the same command with ``torchrun --nproc-per-node W``.
 Expected errors are printed as one line on stderr with exit code 2 (no traceback).
@@ -49,6 +54,7 @@ def run_train(
     config_file: str | None = None,
     device: str | None = None,
     progress: bool = True,
+    init_from: str | None = None,
 ):
     """What the command does (importable, raises the library's exceptions)."""
     from crystalflow.config import ConfigError, load_config
@@ -68,6 +74,7 @@ def run_train(
                 ("--config", config_file),
                 ("--set", overrides or None),
                 ("--device", device),
+                ("--init-from", init_from),
             )
             if v is not None
         ]
@@ -110,6 +117,14 @@ def run_train(
     # paths are given verbatim (not YAML-parsed): set them after parsing the other overrides
     cfg = load_config(preset=preset, config_file=config_file, overrides=overrides)
     d = cfg.to_dict()
+    if init_from is not None:
+        from crystalflow.config import apply_overrides
+
+        # the network is the file's; explicit --set model.* values still apply on top (the
+        # trainer refuses changes to the network itself, see crystalflow.train.init_model)
+        d["model"] = _file_model(init_from)
+        d = apply_overrides(d, [o for o in overrides if o.strip().startswith("model.")])
+        extra.append(f"train.init_from={init_from}")
     for item in extra:
         key, value = item.split("=", 1)
         section, name = key.split(".")
@@ -118,6 +133,21 @@ def run_train(
 
     cfg = validate_config(d)
     return train(cfg, out, progress=progress)
+
+
+def _file_model(source: str) -> dict:
+    """The model section stored in the model file ``source`` (checked again by init_model)."""
+    from crystalflow.checkpoint import CheckpointError, read_safetensors, resolve_model_path
+
+    try:
+        path = resolve_model_path(None if source == "default" else source)
+        _, meta = read_safetensors(path, "model file")
+    except CheckpointError as exc:
+        raise CheckpointError(f"--init-from {source}: {exc}") from None
+    cfg = meta.get("model_config")
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"--init-from {source}: {path.name} holds no model configuration")
+    return cfg
 
 
 def register(app: typer.Typer) -> None:
@@ -163,6 +193,14 @@ def register(app: typer.Typer) -> None:
             ),
         ] = False,
         seed: Annotated[int | None, typer.Option(help="Random seed (train.seed).")] = None,
+        init_from: Annotated[
+            str | None,
+            typer.Option(
+                "--init-from",
+                help="Start from this model's weights (a model file, a run folder or 'default'): "
+                "fine-tuning or continued training. The network is the file's.",
+            ),
+        ] = None,
         set_: Annotated[
             list[str] | None,
             typer.Option("--set", help="Override a config value: section.key=value (repeatable)."),
@@ -203,6 +241,7 @@ def register(app: typer.Typer) -> None:
                 config_file=config,
                 device=device,
                 progress=not no_progress,
+                init_from=init_from,
             )
         except (CrystalFlowError, DatasetError) as exc:
             _fail(str(exc))
