@@ -758,7 +758,9 @@ def init_model(source: str, model_config: Any) -> CrystalFlow:
     except CheckpointError as exc:
         raise CheckpointError(f"train.init_from={source}: {exc}") from None
     mine, theirs = model_config.model_dump(), init.config.model_dump()
-    diff = [f"{k}={mine[k]!r} (file: {theirs[k]!r})" for k in INIT_FIXED_FIELDS if mine[k] != theirs[k]]
+    diff = [
+        f"{k}={mine[k]!r} (file: {theirs[k]!r})" for k in INIT_FIXED_FIELDS if mine[k] != theirs[k]
+    ]
     if diff:
         raise CheckpointError(
             f"train.init_from={source}: the model file {path.name} describes another network: "
