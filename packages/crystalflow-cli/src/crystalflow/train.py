@@ -61,7 +61,15 @@ from crystalflow.data import (
 from crystalflow.distributed import DistInfo, all_reduce_, barrier, cleanup, setup
 from crystalflow.model import CrystalFlow
 
-__all__ = ["INIT_FIXED_FIELDS", "TrainResult", "init_model", "resume", "step_seed", "train"]
+__all__ = [
+    "INIT_FIXED_FIELDS",
+    "TrainResult",
+    "init_model",
+    "init_model_config",
+    "resume",
+    "step_seed",
+    "train",
+]
 
 STATE_FILE = "state_last.safetensors"
 METRICS_FILE = "metrics.jsonl"
@@ -777,6 +785,22 @@ def init_model(source: str, model_config: Any) -> CrystalFlow:
         "train_source": info.get("train_source"),
     }
     return init
+
+
+def init_model_config(source: str, name: str = "train.init_from") -> dict[str, Any]:
+    """The model section stored in the model file ``source`` (a model file, a run folder or
+    ``default``), without building the model; errors are one line prefixed with ``name``."""
+    from crystalflow.checkpoint import read_safetensors
+
+    try:
+        path = resolve_model_path(None if source == "default" else source)
+        _, meta = read_safetensors(path, "model file")
+    except CheckpointError as exc:
+        raise CheckpointError(f"{name} {source}: {exc}") from None
+    cfg = meta.get("model_config")
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{name} {source}: {path.name} holds no model configuration")
+    return cfg
 
 
 def _truncate_metrics(run_dir: Path, step: int, name: str = METRICS_FILE) -> None:

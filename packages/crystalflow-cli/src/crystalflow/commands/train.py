@@ -119,10 +119,11 @@ def run_train(
     d = cfg.to_dict()
     if init_from is not None:
         from crystalflow.config import apply_overrides
+        from crystalflow.train import init_model_config
 
         # the network is the file's; explicit --set model.* values still apply on top (the
         # trainer refuses changes to the network itself, see crystalflow.train.init_model)
-        d["model"] = _file_model(init_from)
+        d["model"] = init_model_config(init_from, "--init-from")
         d = apply_overrides(d, [o for o in overrides if o.strip().startswith("model.")])
         extra.append(f"train.init_from={init_from}")
     for item in extra:
@@ -133,21 +134,6 @@ def run_train(
 
     cfg = validate_config(d)
     return train(cfg, out, progress=progress)
-
-
-def _file_model(source: str) -> dict:
-    """The model section stored in the model file ``source`` (checked again by init_model)."""
-    from crystalflow.checkpoint import CheckpointError, read_safetensors, resolve_model_path
-
-    try:
-        path = resolve_model_path(None if source == "default" else source)
-        _, meta = read_safetensors(path, "model file")
-    except CheckpointError as exc:
-        raise CheckpointError(f"--init-from {source}: {exc}") from None
-    cfg = meta.get("model_config")
-    if not isinstance(cfg, dict):
-        raise CheckpointError(f"--init-from {source}: {path.name} holds no model configuration")
-    return cfg
 
 
 def register(app: typer.Typer) -> None:
