@@ -343,6 +343,24 @@ def test_resume_with_reschedule_fits_the_cosine_schedule_to_the_new_epochs(tmp_p
     assert runs["new"][-1] < 2e-5
 
 
+def test_cosine_by_minutes_follows_the_training_wall_time(tmp_path):
+    """schedule_by=minutes: the cosine position is training wall time / max_minutes."""
+    cfg = tiny("train.scheduler=cosine", "train.lr=1e-3", "train.min_lr=1e-4",
+               "train.max_minutes=10", "train.schedule_by=minutes")  # fmt: skip
+    trainer = _Trainer(cfg, tmp_path / "r", None, progress=False)
+    try:
+        expected = {0.0: 1e-3, 300.0: 1e-4 + 0.45e-3, 600.0: 1e-4, 900.0: 1e-4}  # hand cosine
+        for wall, lr in expected.items():
+            trainer.wall_s = wall
+            assert trainer._lr_at(step=3) == pytest.approx(lr, rel=1e-9), wall
+    finally:
+        trainer.close()
+    with pytest.raises(ConfigError, match="schedule_by"):
+        tiny("train.scheduler=constant", "train.max_minutes=5", "train.schedule_by=minutes")
+    with pytest.raises(ConfigError, match="schedule_by"):
+        tiny("train.scheduler=cosine", "train.schedule_by=minutes")
+
+
 # ---------------------------------------------------------------------- --init-from
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):

@@ -154,6 +154,14 @@ class TrainConfig(_Section):
     eps: float = Field(1e-8, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     scheduler: Literal["plateau", "cosine", "constant"] = "plateau"
+    schedule_by: Literal["steps", "minutes"] = Field(
+        "steps",
+        description=(
+            "what the cosine schedule's horizon counts: the run's steps (epochs / max_steps), or "
+            "the training wall time against max_minutes (fixed-CPU-budget comparisons; the LR then "
+            "depends on the machine's speed)"
+        ),
+    )
     plateau_factor: float = Field(0.6, gt=0, lt=1)
     plateau_patience: int = Field(30, ge=0)
     plateau_every: int = Field(5, ge=1, description="epochs between ReduceLROnPlateau steps")
@@ -194,6 +202,8 @@ class TrainConfig(_Section):
             raise ValueError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
         if self.scheduler == "plateau" and self.warmup_steps:
             raise ValueError("warmup_steps applies to the cosine/constant schedules, not plateau")
+        if self.schedule_by == "minutes" and (self.scheduler != "cosine" or not self.max_minutes):
+            raise ValueError("schedule_by='minutes' needs scheduler='cosine' and max_minutes")
         return self
 
 

@@ -353,8 +353,11 @@ class _Trainer:
         if tc.warmup_steps and step < tc.warmup_steps:
             return tc.lr * (step + 1) / tc.warmup_steps
         if tc.scheduler == "cosine":
-            span = max(1, self.total_steps - tc.warmup_steps)
-            frac = min(1.0, max(0.0, (step - tc.warmup_steps) / span))
+            if tc.schedule_by == "minutes" and tc.max_minutes:
+                frac = min(1.0, self.wall_s / (60.0 * tc.max_minutes))
+            else:
+                span = max(1, self.total_steps - tc.warmup_steps)
+                frac = min(1.0, max(0.0, (step - tc.warmup_steps) / span))
             return tc.min_lr + 0.5 * (tc.lr - tc.min_lr) * (1.0 + math.cos(math.pi * frac))
         return tc.lr
 
