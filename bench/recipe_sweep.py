@@ -33,17 +33,36 @@ from _common import REPO, crystalflow, machine, portable, run, today, write_json
 RECIPES: dict[str, tuple[str, str, list[str]]] = {
     "base": ("0.6 M (small preset): batch 64, lr 1e-3, uniform t, EMA 0.999", "small", []),
     "wide2m": ("~2.2 M: hidden 256, 4 layers", "small", ["model.hidden=256"]),
-    "deep2m": ("~1.9 M: hidden 192, 6 layers", "small",
-               ["model.hidden=192", "model.num_layers=6"]),  # fmt: skip
-    "big5m": ("~5 M: hidden 320, 6 layers, time 128, freqs 64", "small",
-              ["model.hidden=320", "model.num_layers=6", "model.time_dim=128",
-               "model.num_freqs=64"]),  # fmt: skip
-    "logitnormal": ("base + logit-normal time sampler", "small", ["model.time_sampler=logit_normal"]),
-    "revsq": ("base + reverse-squared time sampler", "small", ["model.time_sampler=reverse_squared"]),
-    "bs128": ("base + batch 128, lr 2e-3", "small",
-              ["train.batch_size=128", "train.batch_edges=16384", "train.lr=2e-3"]),  # fmt: skip
-    "bs32": ("base + batch 32, lr 7e-4", "small",
-             ["train.batch_size=32", "train.batch_edges=4096", "train.lr=7e-4"]),  # fmt: skip
+    "deep2m": (
+        "~1.9 M: hidden 192, 6 layers",
+        "small",
+        ["model.hidden=192", "model.num_layers=6"],
+    ),  # fmt: skip
+    "big5m": (
+        "~5 M: hidden 320, 6 layers, time 128, freqs 64",
+        "small",
+        ["model.hidden=320", "model.num_layers=6", "model.time_dim=128", "model.num_freqs=64"],
+    ),  # fmt: skip
+    "logitnormal": (
+        "base + logit-normal time sampler",
+        "small",
+        ["model.time_sampler=logit_normal"],
+    ),
+    "revsq": (
+        "base + reverse-squared time sampler",
+        "small",
+        ["model.time_sampler=reverse_squared"],
+    ),
+    "bs128": (
+        "base + batch 128, lr 2e-3",
+        "small",
+        ["train.batch_size=128", "train.batch_edges=16384", "train.lr=2e-3"],
+    ),  # fmt: skip
+    "bs32": (
+        "base + batch 32, lr 7e-4",
+        "small",
+        ["train.batch_size=32", "train.batch_edges=4096", "train.lr=7e-4"],
+    ),  # fmt: skip
     "lr3e-3": ("base + lr 3e-3", "small", ["train.lr=3e-3"]),
     "lamF20": ("base + lambda_F 20 (lambda_k 1)", "small", ["model.lambda_F=20"]),
     "lamK2": ("base + lambda_k 2 (lambda_F 10)", "small", ["model.lambda_k=2"]),
