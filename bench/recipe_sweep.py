@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             cmd = [*crystalflow(), "train", "--preset", preset,
                    "--train", str(args.data / "train.csv.gz"),
                    "--val", str(args.data / "val.csv.gz"), "--out", str(run_dir),
-                   "--epochs", "100000", "--max-minutes", str(args.minutes),
+                   "--epochs", "100000", "--set", f"train.max_minutes={args.minutes}",
                    "--seed", str(args.seed), "--no-progress",
                    "--set", "train.scheduler=cosine", "--set", "train.schedule_by=minutes",
                    "--set", f"train.num_threads={args.threads}",
