@@ -55,10 +55,23 @@ def tests(session: nox.Session) -> None:
 def _package_session(name: str, path: str) -> None:
     @nox.session(name=name)
     def _session(session: nox.Session) -> None:
-        _sync(session)
+        # only this member and the dependencies it declares (no other workspace member, no dev
+        # group): an import its pyproject does not declare fails here
+        dist = Path(path).name
+        session.run_install(
+            "uv",
+            "sync",
+            "--frozen",
+            "--package",
+            dist,
+            "--no-default-groups",
+            env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location},
+            external=True,
+        )
+        session.install("pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100")
         _pytest(session, f"{path}/tests")
 
-    _session.__doc__ = f"Tests of {path} only."
+    _session.__doc__ = f"Tests of {path} alone, installed with only its declared dependencies."
 
 
 for _name, _path in PACKAGES.items():
@@ -79,9 +92,11 @@ def xtal_repr_notorch(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff over the whole repository."""
-    session.install("ruff")
+    """ruff over the whole repository; mypy over xtal-repr and flowcore (typed: py.typed)."""
+    _sync(session)  # ruff and mypy come with the dev group; mypy reads numpy/torch/pymatgen types
     session.run("ruff", "check", ".", *session.posargs)
+    session.run("ruff", "format", "--check", ".")
+    session.run("mypy", "packages/xtal-repr/src/xtal_repr", "packages/flowcore/src/flowcore")
 
 
 @nox.session

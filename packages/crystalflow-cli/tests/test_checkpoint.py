@@ -6,6 +6,7 @@ import struct
 import crystalflow.checkpoint as ck
 import pytest
 import torch
+from conftest import SMALL
 from crystalflow.checkpoint import (
     CheckpointError,
     atomic_write_text,
@@ -17,17 +18,6 @@ from crystalflow.checkpoint import (
 from crystalflow.config import ModelConfig
 from crystalflow.model import CrystalFlow
 from safetensors.torch import save_file
-
-SMALL = dict(hidden=32, num_layers=2, time_dim=16, num_freqs=8, num_millers=3)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is much faster than two on a busy 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _model(**kw):
@@ -48,6 +38,22 @@ def _header(path):
     raw = path.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
     return json.loads(raw[8 : 8 + n])
+
+
+def test_the_model_card_round_trips_and_gives_condition_ranges(tmp_path):
+    """Card fields survive save/load; a condition without a stored range falls back to
+    mean +- 2 std (1.5 +- 0.5 here, by hand)."""
+    model = _model(conditions=["pressure", "band_gap"])
+    info = {"step": 3, "condition_ranges": {"pressure": [0.0, 20.0]}, "init_from": {"file": "x"}}
+    back = load_model(save_model(tmp_path / "m.safetensors", model, info=info))
+    assert back.card.condition_ranges == {"pressure": (0.0, 20.0)}
+    assert back.card.condition_range("pressure") == (0.0, 20.0)
+    assert back.card.condition_range("band_gap") == pytest.approx((1.0, 2.0))
+    assert back.card.condition_range("temperature") is None
+    assert back.info["init_from"] == {"file": "x"} and back.versions["torch"] == torch.__version__
+    # without info, the card's own provenance is what gets saved
+    again = load_model(save_model(tmp_path / "n.safetensors", back))
+    assert again.info["step"] == 3 and again.card.condition_ranges == back.card.condition_ranges
 
 
 @pytest.mark.parametrize("mode", ["csp", "dng"])

@@ -59,7 +59,7 @@ def assert_one_line_error(result, out_dir, match):
     assert result.exit_code != 0, result.output
     lines = [x for x in result.stderr.splitlines() if x.strip()]
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("Error: ") and match in lines[0], lines[0]
+    assert lines[0].startswith("error: ") and match in lines[0], lines[0]
     assert "Traceback" not in result.output
     assert not Path(out_dir).exists(), "nothing may be written on bad input"
 
@@ -235,7 +235,7 @@ def test_bad_formula_through_the_entry_point(tmp_path, ckpt):
     out = tmp_path / "out"
     r = crystalflow_cmd("sample", "--formula", "Si(O2", "-n", 4, "-o", out, "--checkpoint", ckpt)
     assert r.returncode != 0
-    assert r.stderr.strip().count("\n") == 0 and r.stderr.startswith("Error: ")
+    assert r.stderr.strip().count("\n") == 0 and r.stderr.startswith("error: ")
     assert not out.exists()
 
 
@@ -258,7 +258,7 @@ def test_condition_outside_training_range_is_a_warning(tmp_path, cond_ckpt):
         "-q",
     )
     assert r.exit_code == 0, r.output
-    assert "Warning: pressure=100 is outside the training range [0, 20]" in r.stderr
+    assert "warning: pressure=100 is outside the training range [0, 20]" in r.stderr
     assert len(list(out.glob("*.cif"))) == 1
     with open(out / "summary.csv") as fh:
         assert next(csv.DictReader(fh))["cond_pressure"] == "100.0"
@@ -487,6 +487,6 @@ def test_allow_larger_on_the_command_line(tmp_path, ckpt):
     r = invoke("sample", "-f", "SiO2", "--num-atoms", 15, "-n", 2, "--steps", STEPS,
                "--checkpoint", ckpt, "-o", out, "--allow-larger", "-q")  # fmt: skip
     assert r.exit_code == 0, r.output
-    warn = [x for x in r.stderr.splitlines() if x.startswith("Warning:")]
+    warn = [x for x in r.stderr.splitlines() if x.startswith("warning:")]
     assert len(warn) == 1 and "trained on at most 12" in warn[0]
     assert len(list(out.glob("*.cif"))) == 2

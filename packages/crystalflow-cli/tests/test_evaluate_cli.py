@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from crystalflow.commands import evaluate as evaluate_cmd
+from crystalflow.cli import evaluate as evaluate_cmd
+from crystalflow.progress import ProgressBar
 from typer.testing import CliRunner
 
 FIX = Path(__file__).resolve().parents[2] / "xtal-eval" / "tests" / "fixtures"
@@ -126,15 +127,15 @@ def test_csp_missing_optional_dependency_names_the_extra(tmp_path, monkeypatch):
 def test_csp_ctrl_c_writes_partial_json(tmp_path, monkeypatch):
     t, pred = _subset(tmp_path)
     calls = {"n": 0}
-    original = evaluate_cmd._Progress.update
+    original = ProgressBar.update
 
-    def interrupting(self, stage, done, total):
+    def interrupting(self, stage, done, total, info=""):
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt
         original(self, stage, done, total)
 
-    monkeypatch.setattr(evaluate_cmd._Progress, "update", interrupting)
+    monkeypatch.setattr(ProgressBar, "update", interrupting)
     out = tmp_path / "m.json"
     res = _run("csp", "--pred", str(pred), "--targets", str(t), "-k", "1", "--json", str(out),
                "--gate", "none", "--workers", "1")  # fmt: skip

@@ -8,22 +8,13 @@ import numpy as np
 import pytest
 import torch
 import xtal_repr as xr
+from conftest import SMALL
 from crystalflow.config import DataConfig, ModelConfig
 from crystalflow.data import CrystalData, load_splits
 from crystalflow.model import CrystalFlow
 from torch import nn
 
 FIX = Path(__file__).parent / "fixtures" / "train"
-SMALL = dict(hidden=32, num_layers=2, time_dim=16, num_freqs=8, num_millers=3)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is much faster than two on a busy 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _model(mode="csp", **kw):
@@ -299,6 +290,14 @@ def test_sampling_errors():
         csp.sample([2], [8, 8], x0={"k": torch.zeros(1, 6), "F": torch.zeros(3, 3)})
     with pytest.raises(ValueError, match=r"x0\['k'\] has non-finite values"):
         csp.sample([2], [8, 8], x0={"k": torch.full((1, 6), float("nan")), "F": torch.zeros(2, 3)})
+    # DNG: the type component of x0 is checked too (the check used to probe a network attribute
+    # that does not exist, so a wrong-width A went through)
+    good = {"k": torch.zeros(1, 6), "F": torch.zeros(2, 3), "A": torch.zeros(2, 28)}
+    dng.sample([2], x0=good, steps=2)
+    with pytest.raises(ValueError, match=r"x0\['A'\] has shape \(2, 5\), expected \(2, 28\)"):
+        dng.sample([2], x0={**good, "A": torch.zeros(2, 5)}, steps=2)
+    with pytest.raises(ValueError, match="x0 lacks component 'A'"):
+        dng.sample([2], x0={"k": good["k"], "F": good["F"]}, steps=2)
     cond = _model(conditions=["pressure"])
     with pytest.raises(ValueError, match="cannot sample unconditionally"):
         cond.sample([1], [1])

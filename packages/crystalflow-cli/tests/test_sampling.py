@@ -328,15 +328,52 @@ def test_sample_api_composition_and_seed():
 
 
 def test_batch_size_changes_only_the_grouping():
-    """Same seed, other --batch-size: same structures count and compositions; with a model that
-    takes per-structure priors (x0) the structures themselves are the same."""
+    """Same seed, other --batch-size: the same structures (every structure has its own prior
+    stream, so the batching does not change them)."""
     m = tiny_model()
     a = run_api(m, formula="SiO2", num_atoms=6, n=6, seed=3, batch_size=6)
     b = run_api(m, formula="SiO2", num_atoms=6, n=6, seed=3, batch_size=1000)
     assert [s.composition for s in a] == [s.composition for s in b]
-    if sampling._accepts_x0(m):
-        for s, t in zip(a, b, strict=True):
-            np.testing.assert_allclose(s.lattice.matrix, t.lattice.matrix, atol=1e-5)
+    for s, t in zip(a, b, strict=True):
+        np.testing.assert_allclose(s.lattice.matrix, t.lattice.matrix, atol=1e-5)
+        np.testing.assert_allclose(s.frac_coords, t.frac_coords, atol=1e-5)
+
+
+def test_every_structure_gets_its_own_prior_whatever_the_model_wrapper():
+    """The engine always passes per-structure priors (drawn from job_seed) to ``model.sample``,
+    also through a wrapper whose signature is ``*args, **kwargs`` (the engine used to probe the
+    signature for ``x0`` and fall back to one stream per batch)."""
+    m = tiny_model()
+    seen = []
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+            self.config, self.flow = inner.config, inner.flow
+            self.card = getattr(inner, "card", None)
+
+        @property
+        def elements(self):
+            return self.inner.elements
+
+        def guidance_problem(self, *a, **kw):
+            return self.inner.guidance_problem(*a, **kw)
+
+        def sample(self, *args, **kwargs):
+            seen.append(kwargs)
+            return self.inner.sample(*args, **kwargs)
+
+    out = run_api(Wrapper(m), formula="SiO2", num_atoms=6, n=3, seed=5, batch_size=12)
+    assert seen and all("x0" in kw and "generator" not in kw for kw in seen)
+    prepared = sampling.prepare("sample", model=m, formula="SiO2", num_atoms=6, n=3, seed=5)
+    t = prepared.targets[0]
+    for c, s in enumerate(out):  # each equals the structure sampled alone from its own stream
+        g = torch.Generator().manual_seed(sampling.job_seed(5, sampling.Job(0, c, 6)))
+        x0 = m.flow.sample_prior(1, torch.zeros(6, dtype=torch.long), generator=g,
+                                 device="cpu", dtype=torch.float32)  # fmt: skip
+        alone = m.sample([6], list(t.atomic_numbers), steps=STEPS, x0=x0).to_crystals()[0]
+        np.testing.assert_allclose(s.lattice.matrix, alone.lattice, atol=1e-5)
 
 
 def test_sample_many_sizes_in_one_run(tmp_path):

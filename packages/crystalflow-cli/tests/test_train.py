@@ -15,15 +15,6 @@ FIX = Path(__file__).parent / "fixtures" / "train"
 PEROV = FIX / "perov_mini"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is much faster than two on a busy 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def tiny(*overrides, data=PEROV):
     return load_config("tiny", overrides=[f"data.root={data}", "train.batch_size=8", *overrides])
 

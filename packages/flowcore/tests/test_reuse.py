@@ -30,12 +30,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls: one thread is several times faster than two on a loaded 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+def _threads(one_thread):
+    """Every test here runs on one thread (conftest.one_thread)."""
 
 
 def energy_distance(x: torch.Tensor, y: torch.Tensor) -> float:

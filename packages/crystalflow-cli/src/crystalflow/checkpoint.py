@@ -20,18 +20,21 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from importlib import resources
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
+from xtal_repr.fileio import atomic_path, atomic_write_text  # atomic_write_text: public here too
 
-from crystalflow.config import CrystalFlowError, ModelConfig
+from crystalflow.config import ModelConfig
+from crystalflow.errors import CheckpointError
+from crystalflow.model import CrystalFlow, ModelCard
 
 __all__ = [
     "MODEL_FORMAT",
@@ -56,45 +59,6 @@ FORMAT_VERSION = 1
 _META_KEY = "crystalflow"
 
 
-class CheckpointError(CrystalFlowError):
-    """A model or state file that is missing, unreadable, corrupt or incompatible."""
-
-
-# ---------------------------------------------------------------------- atomic writes
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-def _commit(tmp: Path, path: Path) -> None:
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically (temporary file + fsync + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    tmp.write_text(text, encoding="utf-8")
-    _commit(tmp, path)
-    return path
-
-
 def _json_default(o: Any) -> Any:
     if isinstance(o, Tensor):
         return o.tolist()
@@ -107,11 +71,9 @@ def _json_default(o: Any) -> Any:
 
 def _write_safetensors(path: str | Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
     clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    save_file(clean, str(tmp), metadata={_META_KEY: json.dumps(meta, default=_json_default)})
-    _commit(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(clean, str(tmp), metadata={_META_KEY: json.dumps(meta, default=_json_default)})
     return path
 
 
@@ -157,23 +119,25 @@ def _versions() -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------- model files
-def model_metadata(model: Any, info: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The JSON document stored with a model's weights."""
+def model_metadata(model: CrystalFlow, info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON document stored with a model's weights: its config and its card
+    (:class:`~crystalflow.model.ModelCard`); ``info`` replaces the card's provenance."""
+    card = model.card
     return {
         "format": MODEL_FORMAT,
         "format_version": FORMAT_VERSION,
         "model_config": json.loads(model.config.model_dump_json()),
-        "normalizer": {k: list(v) for k, v in model.normalizer.items()},
-        "num_atoms_hist": model.num_atoms_hist.tolist(),
-        "elements": list(model.elements),
+        "normalizer": {k: list(v) for k, v in card.normalizer.items()},
+        "num_atoms_hist": card.num_atoms_hist.tolist(),
+        "elements": list(card.elements),
         "versions": _versions(),
-        "info": dict(info or {}),
+        "info": dict(info if info is not None else card.info),
     }
 
 
 def save_model(
     path: str | Path,
-    model: Any,
+    model: CrystalFlow,
     state_dict: dict[str, Tensor] | None = None,
     info: dict[str, Any] | None = None,
 ) -> Path:
@@ -187,18 +151,15 @@ def save_model(
     state_dict : dict, optional
         Network weights to store (default ``model.net.state_dict()``; pass the EMA weights).
     info : dict, optional
-        Free JSON info (step, epoch, val_loss, weights="ema"|"raw", data sources, ...).
+        Provenance (step, epoch, val_loss, weights="ema"|"raw", data sources,
+        ``condition_ranges``...); default the model card's.
     """
     sd = state_dict if state_dict is not None else model.net.state_dict()
     return _write_safetensors(path, dict(sd), model_metadata(model, info))
 
 
-def model_from_file(path: str | Path, device: str | torch.device = "cpu") -> Any:
+def model_from_file(path: str | Path, device: str | torch.device = "cpu") -> CrystalFlow:
     """Build a :class:`~crystalflow.model.CrystalFlow` from a model file."""
-    from pydantic import ValidationError
-
-    from crystalflow.model import CrystalFlow
-
     tensors, meta = read_safetensors(path, "model file")
     if meta.get("format") != MODEL_FORMAT:
         hint = (
@@ -216,17 +177,20 @@ def model_from_file(path: str | Path, device: str | torch.device = "cpu") -> Any
         )
     try:
         config = ModelConfig.model_validate(meta["model_config"])
-        model = CrystalFlow(
+        info = dict(meta.get("info") or {})
+        card = ModelCard.create(
             config,
-            normalizer={k: tuple(v) for k, v in meta.get("normalizer", {}).items()},
+            normalizer=meta.get("normalizer", {}),
             num_atoms_hist=meta.get("num_atoms_hist"),
             elements=meta.get("elements"),
+            condition_ranges=info.get("condition_ranges") or {},
+            info=info,
+            versions=meta.get("versions", {}),
         )
-    except (KeyError, ValidationError, ValueError, TypeError) as exc:
+        model = CrystalFlow(config, card=card)
+    except (KeyError, ValidationError, ValueError, TypeError, IndexError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise CheckpointError(f"model file {path}: incompatible metadata ({first})") from None
-    ranges = (meta.get("info") or {}).get("condition_ranges") or {}
-    model.condition_ranges = {k: (float(v[0]), float(v[1])) for k, v in ranges.items()}
     try:
         model.net.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
@@ -234,8 +198,6 @@ def model_from_file(path: str | Path, device: str | torch.device = "cpu") -> Any
         raise CheckpointError(
             f"model file {path}: weights do not fit the stored config ({first})"
         ) from None
-    model.info = meta.get("info", {})
-    model.versions = meta.get("versions", {})
     return model.to(device).eval()
 
 
@@ -281,7 +243,7 @@ def resolve_model_path(path: str | Path | None, which: str = "best") -> Path:
 
 def load_model(
     path: str | Path | None = None, device: str | torch.device = "cpu", which: str = "best"
-) -> Any:
+) -> CrystalFlow:
     """Load a trained :class:`~crystalflow.model.CrystalFlow` for sampling.
 
     Parameters

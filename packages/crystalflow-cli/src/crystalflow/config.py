@@ -27,6 +27,9 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from xtal_repr.fileio import atomic_write_text
+
+from crystalflow.errors import ConfigError, CrystalFlowError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -48,14 +51,6 @@ __all__ = [
 ]
 
 TimeSamplerName = Literal["uniform", "logit_normal", "reverse_squared"]
-
-
-class CrystalFlowError(ValueError):
-    """Base class of the expected, user-facing errors of crystalflow (one-line messages)."""
-
-
-class ConfigError(CrystalFlowError):
-    """An invalid configuration, preset, config file or ``--set`` override."""
 
 
 class _Section(BaseModel):
@@ -245,8 +240,6 @@ class RunConfig(_Section):
 
     def save(self, folder: str | Path) -> None:
         """Write ``config.json`` and ``config.yaml`` into ``folder`` (atomically)."""
-        from crystalflow.checkpoint import atomic_write_text
-
         folder = Path(folder)
         d = self.to_dict()
         atomic_write_text(folder / "config.json", json.dumps(d, indent=2) + "\n")

@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from xtal_repr import CrystalDataset, DatasetError, element_symbol, load_dataset
+from xtal_repr import CrystalDataset, DatasetError, element_symbol, load_dataset, wrap
 
-from crystalflow.config import CrystalFlowError, DataConfig, ModelConfig
+from crystalflow.config import DataConfig, ModelConfig
+from crystalflow.errors import DataError
 
 __all__ = [
     "CSP_MAX_Z",
@@ -44,10 +45,6 @@ __all__ = [
 CSP_MAX_Z = 100
 _TRAIN_NAMES = ("train.csv.gz", "train.csv", "train_partial.csv.gz", "train_partial.csv")
 _VAL_NAMES = ("val.csv.gz", "val.csv", "valid.csv.gz", "valid.csv", "val_partial.csv.gz")
-
-
-class DataError(CrystalFlowError):
-    """Training data that cannot be used as configured (one-line message naming the input)."""
 
 
 # ---------------------------------------------------------------------- sources
@@ -351,11 +348,8 @@ class CrystalData:
         self.num_atoms_np = np.asarray(ds.num_atoms, dtype=np.int64)
         self.offsets = np.asarray(ds.offsets, dtype=np.int64)
         self.k = torch.as_tensor(ds.k(), dtype=torch.float32)
-        frac = np.asarray(ds.frac_coords, dtype=np.float64)
-        frac = frac - np.floor(frac)
-        frac[frac >= 1.0] = 0.0
-        self.frac = torch.as_tensor(frac, dtype=torch.float32)
-        self.frac[self.frac >= 1.0] = 0.0  # float32 rounding of 1 - tiny
+        self.frac = torch.as_tensor(wrap(np.asarray(ds.frac_coords, dtype=np.float64)))
+        self.frac = wrap(self.frac.to(torch.float32))  # float32 rounding of 1 - tiny -> 0
         self.atomic_numbers = torch.as_tensor(ds.atomic_numbers, dtype=torch.long)
         self.num_atoms = torch.as_tensor(self.num_atoms_np)
         self.cond: Tensor | None = None

@@ -22,6 +22,8 @@ from functools import reduce
 from xtal_repr import element_symbol, to_atomic_number
 from xtal_repr.species import UnknownElementError
 
+from crystalflow.errors import FormulaError
+
 __all__ = ["CellComposition", "FormulaError", "cell_composition", "parse_formula"]
 
 _TOKEN = re.compile(
@@ -29,10 +31,6 @@ _TOKEN = re.compile(
     r"|(?P<dot>[·•*]))"
 )
 _CLOSING = {"(": ")", "[": "]", "{": "}"}
-
-
-class FormulaError(ValueError):
-    """A formula that cannot be parsed, an unknown element, or an impossible cell content."""
 
 
 def _check_symbol(sym: str, formula: str) -> None:

@@ -41,10 +41,11 @@ from flowcore.gnn import PeriodicGNN, build_fully_connected_graph
 from torch import Tensor, nn
 from xtal_repr import Crystal, decode_species, encode_species, k_to_lattice
 
+from crystalflow.card import ModelCard
 from crystalflow.config import ModelConfig
 from crystalflow.data import CSP_MAX_Z, CrystalBatch
 
-__all__ = ["LATTICE_PRIOR_MEAN", "CrystalFlow", "FlowNoise", "SampleBatch"]
+__all__ = ["LATTICE_PRIOR_MEAN", "CrystalFlow", "FlowNoise", "ModelCard", "SampleBatch"]
 
 #: Mean of the lattice prior: exp(S0) = e I, a cube of volume e^3.
 LATTICE_PRIOR_MEAN = (0.0, 0.0, 0.0, 0.0, 0.0, 1.0)
@@ -149,28 +150,14 @@ class CrystalFlow(nn.Module):
         normalizer: dict[str, tuple[float, float]] | None = None,
         num_atoms_hist: Tensor | np.ndarray | list[float] | None = None,
         elements: list[int] | None = None,
+        *,
+        card: ModelCard | None = None,
     ) -> None:
         super().__init__()
         self.config = config
-        normalizer = {k: (float(v[0]), float(v[1])) for k, v in (normalizer or {}).items()}
-        missing = [c for c in config.conditions if c not in normalizer]
-        if missing:
-            raise ValueError(f"normalizer lacks the condition(s) {missing}")
-        for name, (_, std) in normalizer.items():
-            if not std > 0:
-                raise ValueError(f"normalizer std of {name!r} must be > 0, got {std}")
-        self.normalizer = {c: normalizer[c] for c in config.conditions}
-        if num_atoms_hist is None:
-            hist = torch.zeros(config.max_atoms + 1, dtype=torch.float64)
-        else:
-            hist = torch.as_tensor(num_atoms_hist, dtype=torch.float64).flatten()
-            if hist.shape[0] != config.max_atoms + 1 or bool((hist < 0).any()):
-                raise ValueError(
-                    f"num_atoms_hist must have max_atoms + 1 = {config.max_atoms + 1} "
-                    f"non-negative entries, got shape {tuple(hist.shape)}"
-                )
-        self.num_atoms_hist = hist
-        self.elements = sorted(int(z) for z in (elements or []))
+        self.card = card if card is not None else ModelCard.create(
+            config, normalizer, num_atoms_hist, elements
+        )  # fmt: skip
         dng = config.mode == "dng"
         self.net = PeriodicGNN(
             hidden=config.hidden,
@@ -217,6 +204,30 @@ class CrystalFlow(nn.Module):
         self._compiled: Any = None
 
     # ------------------------------------------------------------------ basics
+    @property
+    def normalizer(self) -> dict[str, tuple[float, float]]:
+        return self.card.normalizer
+
+    @property
+    def num_atoms_hist(self) -> Tensor:
+        return self.card.num_atoms_hist
+
+    @property
+    def elements(self) -> list[int]:
+        return self.card.elements
+
+    @property
+    def condition_ranges(self) -> dict[str, tuple[float, float]]:
+        return self.card.condition_ranges
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return self.card.info
+
+    @property
+    def versions(self) -> dict[str, str]:
+        return self.card.versions
+
     @property
     def mode(self) -> str:
         return self.config.mode
@@ -280,6 +291,27 @@ class CrystalFlow(nn.Module):
             mean, std = self.normalizer[n]
             cols.append((v - mean) / std)
         return torch.stack(cols, dim=1).to(device=device or self.device, dtype=torch.float32)
+
+    def guidance_problem(self, guidance: float, conditioned: bool) -> str | None:
+        """Why classifier-free guidance weight ``guidance`` cannot be used (None when it can).
+
+        ``conditioned``: whether condition values are given. The one check of guidance, used by
+        :meth:`sample` and by the sampling pipeline before anything is written.
+        """
+        if abs(guidance - 1.0) < 1e-4:
+            return None
+        if not self.config.conditions:
+            return (
+                "guidance other than 1 needs a conditional checkpoint (this one has no conditions)"
+            )
+        if self.config.cond_drop_prob <= 0:
+            return (
+                "guidance other than 1 needs a checkpoint trained with condition dropout "
+                "(model.cond_drop_prob > 0); this one never saw the unconditional case"
+            )
+        if not conditioned:
+            return "guidance other than 1 needs a condition value (--condition key=value)"
+        return None
 
     # ------------------------------------------------------------------ training
     def draw_noise(
@@ -386,6 +418,7 @@ class CrystalFlow(nn.Module):
         generator: torch.Generator | None = None,
         record: bool = False,
         x0: dict[str, Tensor] | None = None,
+        allow_larger: bool = False,
     ) -> SampleBatch:
         """Generate crystals by integrating the learned flow from the priors.
 
@@ -415,6 +448,8 @@ class CrystalFlow(nn.Module):
             The prior state to integrate from (``"k"`` (B, 6), ``"F"`` (N, 3), and ``"A"`` (N, 28)
             for DNG), e.g. drawn structure by structure so that outputs do not depend on how
             crystals are batched; ``generator`` is then unused.
+        allow_larger : bool
+            Crystals above ``config.max_atoms`` without the warning (the caller has said so).
 
         Returns
         -------
@@ -429,7 +464,7 @@ class CrystalFlow(nn.Module):
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be a positive integer, got {steps!r}")
         b, n = int(na.shape[0]), int(na.sum())
-        if int(na.max()) > self.config.max_atoms:
+        if int(na.max()) > self.config.max_atoms and not allow_larger:
             warnings.warn(
                 f"sampling crystals of up to {int(na.max())} atoms with a model trained for at "
                 f"most {self.config.max_atoms}",
@@ -462,14 +497,9 @@ class CrystalFlow(nn.Module):
                 f"this model is conditioned on {self.config.conditions} and was trained without "
                 "condition dropout, so it cannot sample unconditionally: pass conditions"
             )
-        if abs(guidance - 1.0) >= 1e-4:
-            if cond is None:
-                raise ValueError("guidance != 1 needs conditions")
-            if self.config.cond_drop_prob == 0:
-                raise ValueError(
-                    "guidance != 1 needs a model trained with condition dropout "
-                    "(model.cond_drop_prob > 0); this one never saw the unconditional case"
-                )
+        problem = self.guidance_problem(guidance, conditioned=cond is not None)
+        if problem is not None:
+            raise ValueError(problem)
         if anti_annealing is None:
             anti_annealing = CSP_ANTI_ANNEALING if self.mode == "csp" else 0.0
         gdev = generator.device if generator is not None else torch.device("cpu")
@@ -479,14 +509,14 @@ class CrystalFlow(nn.Module):
                 b, batch_g, generator=generator, device=gdev, dtype=torch.float32
             )
         else:
-            want = {"k": (b, 6), "F": (n, 3)}
+            want: dict[str, tuple[int, int]] = {"k": (b, 6), "F": (n, 3)}
             if z is None:
-                want["A"] = (n, self.net.atom_dim) if hasattr(self.net, "atom_dim") else None
+                want["A"] = (n, self.net.type_dim)
             for name, shape in want.items():
                 got = x0.get(name)
                 if got is None:
                     raise ValueError(f"x0 lacks component {name!r}")
-                if shape is not None and tuple(got.shape) != shape:
+                if tuple(got.shape) != shape:
                     raise ValueError(f"x0[{name!r}] has shape {tuple(got.shape)}, expected {shape}")
                 if not bool(torch.isfinite(got).all()):
                     raise ValueError(f"x0[{name!r}] has non-finite values")

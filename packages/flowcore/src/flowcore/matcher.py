@@ -327,7 +327,9 @@ class FlowMatcher:
         x_t: State = {}
         u_t: State = {}
         for n, spec in self.components.items():
-            ps = spec.path.sample(x0[n], x1[n], t, batch=bd.get(n), generator=generator)
+            path = spec.path
+            assert path is not None  # __post_init__ fills in the default path
+            ps = path.sample(x0[n], x1[n], t, batch=bd.get(n), generator=generator)
             x_t[n], u_t[n] = ps.x_t, ps.u_t
         return FlowSample(t=t, x0=x0, x1=dict(x1), x_t=x_t, u_t=u_t, batch=bd, num_graphs=B)
 

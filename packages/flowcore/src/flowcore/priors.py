@@ -44,6 +44,8 @@ class Prior(ABC):
 
 
 def _device(generator: torch.Generator | None, device: torch.device | str | None) -> torch.device:
+    """Where to draw: ``device`` when given, else the generator's device, else the CPU (shared
+    by the priors and the time samplers)."""
     if device is not None:
         return torch.device(device)
     return generator.device if generator is not None else torch.device("cpu")

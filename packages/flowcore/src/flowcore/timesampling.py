@@ -7,6 +7,8 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor
 
+from flowcore.priors import _device
+
 __all__ = [
     "TIME_SAMPLERS",
     "BetaTime",
@@ -16,12 +18,6 @@ __all__ = [
     "UniformTime",
     "make_time_sampler",
 ]
-
-
-def _dev(generator: torch.Generator | None, device) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    return generator.device if generator is not None else torch.device("cpu")
 
 
 class TimeSampler(ABC):
@@ -50,7 +46,7 @@ class UniformTime(TimeSampler):
         return torch.rand(
             n,
             generator=generator,
-            device=_dev(generator, device),
+            device=_device(generator, device),
             dtype=dtype or torch.get_default_dtype(),
         )
 
@@ -76,7 +72,7 @@ class LogitNormalTime(TimeSampler):
         z = torch.randn(
             n,
             generator=generator,
-            device=_dev(generator, device),
+            device=_device(generator, device),
             dtype=dtype or torch.get_default_dtype(),
         )
         return torch.sigmoid(z * self.scale + self.loc)
@@ -103,7 +99,7 @@ class BetaTime(TimeSampler):
     def sample(self, n, *, generator=None, device=None, dtype=None):
         from scipy.special import betaincinv
 
-        dev = _dev(generator, device)
+        dev = _device(generator, device)
         u = torch.rand(n, generator=generator, device=dev, dtype=torch.float64)
         t = betaincinv(self.alpha, self.beta, u.cpu().numpy())
         return torch.as_tensor(t, dtype=dtype or torch.get_default_dtype(), device=dev)
@@ -119,7 +115,7 @@ class ReverseSquaredTime(TimeSampler):
         u = torch.rand(
             n,
             generator=generator,
-            device=_dev(generator, device),
+            device=_device(generator, device),
             dtype=dtype or torch.get_default_dtype(),
         )
         return 1.0 - u * u

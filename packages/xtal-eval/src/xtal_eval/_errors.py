@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from xtal_repr.fileio import MissingDependencyError
+
 __all__ = ["MissingDependencyError", "XtalEvalError", "require"]
 
 
@@ -13,10 +15,6 @@ class XtalEvalError(ValueError):
 
     The message is always one line and names the offending file, row or option.
     """
-
-
-class MissingDependencyError(ImportError):
-    """An optional dependency needed by the requested metric is not installed."""
 
 
 _EXTRA_OF = {

@@ -15,8 +15,6 @@ CIF text is kept as text here; structures are parsed by the metric code (in work
 from __future__ import annotations
 
 import csv
-import gzip
-import io
 import re
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -24,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pymatgen.core import Structure
+from xtal_repr.fileio import CsvReadError, open_text, read_csv_rows
 
 from xtal_eval._errors import XtalEvalError
 
@@ -94,23 +93,14 @@ class CandidateSet:
         return [len(c) for c in self.cifs]
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", newline="")  # type: ignore[return-value]
-    return open(path, encoding="utf-8", newline="")  # noqa: SIM115
-
-
 def _read_csv(path: Path, required: Sequence[str]) -> tuple[list[dict[str, str]], list[str]]:
     """Read a CSV(.gz) into row dicts, checking the required columns exist."""
-    if not path.is_file():
-        raise XtalEvalError(f"{path}: no such file")
     try:
-        with _open_text(path) as fh:
-            reader = csv.DictReader(fh)
-            header = list(reader.fieldnames or [])
-            rows = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error, EOFError) as exc:
-        raise XtalEvalError(f"{path}: cannot read as CSV ({exc})") from exc
+        header, rows = read_csv_rows(path)
+    except FileNotFoundError:
+        raise XtalEvalError(f"{path}: no such file") from None
+    except CsvReadError as exc:
+        raise XtalEvalError(str(exc)) from exc
     missing = [c for c in required if c not in header]
     if missing:
         raise XtalEvalError(
@@ -123,7 +113,7 @@ def _read_csv(path: Path, required: Sequence[str]) -> tuple[list[dict[str, str]]
 
 def _header(path: Path) -> list[str]:
     try:
-        with _open_text(path) as fh:
+        with open_text(path) as fh:
             return next(csv.reader(fh), [])
     except (OSError, UnicodeDecodeError, csv.Error, EOFError):
         return []

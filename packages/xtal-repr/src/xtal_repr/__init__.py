@@ -8,7 +8,8 @@ numpy core (torch tensors accepted where it makes sense, torch never required):
   :func:`torus_velocity`, :func:`torus_interpolate`;
 * the 13x15 periodic-table atom encoding: :func:`encode_species`, :func:`decode_species`;
 * an immutable :class:`Crystal` with pymatgen / ASE / CIF / POSCAR / extxyz conversions;
-* dataset readers with parallel parsing and an on-disk cache: :func:`load_dataset`.
+* dataset readers with parallel parsing and an on-disk cache: :func:`load_dataset`;
+* file helpers shared by the other packages: atomic writes, CSV(.gz) text (:mod:`xtal_repr.fileio`).
 """
 
 from xtal_repr.crystal import Crystal, CrystalFormatError, standardize_structure
@@ -19,6 +20,15 @@ from xtal_repr.datasets import (
     load_dataset,
     read_csv_dataset,
     read_structure_folder,
+)
+from xtal_repr.fileio import (
+    CsvReadError,
+    MissingDependencyError,
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_text,
+    open_text,
+    read_csv_rows,
 )
 from xtal_repr.lattice import (
     K_BASIS,
@@ -52,6 +62,13 @@ __all__ = [
     "Crystal",
     "CrystalDataset",
     "CrystalFormatError",
+    "CsvReadError",
+    "MissingDependencyError",
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "open_text",
+    "read_csv_rows",
     "DatasetError",
     "SkippedRow",
     "UnknownElementError",

@@ -182,12 +182,12 @@ class Crystal:
         )
 
     def to_pymatgen(self) -> Structure:
-        from pymatgen.core import Lattice, Structure
+        from pymatgen.core import Element, Lattice, Structure
 
         props = {"labels": dict(self.labels)} if self.labels else None
         s = Structure(
             Lattice(self.lattice),
-            [int(z) for z in self.atomic_numbers],
+            [Element.from_Z(int(z)) for z in self.atomic_numbers],
             self.frac_coords,
             coords_are_cartesian=False,
             properties=props,
@@ -269,7 +269,8 @@ class Crystal:
             from pymatgen.core import Structure
 
             text = path.read_text()
-            return cls.from_pymatgen(Structure.from_str(text, fmt=kind), id=ident)
+            pmg_fmt: Any = kind
+            return cls.from_pymatgen(Structure.from_str(text, fmt=pmg_fmt), id=ident)
         except (CrystalFormatError, ImportError):
             raise
         except Exception as exc:
@@ -293,10 +294,9 @@ class Crystal:
             buf = io.StringIO()
             ase_write(buf, self.to_ase(), format="extxyz")
             text = buf.getvalue()
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text(text)
-        os.replace(tmp, path)
-        return path
+        from xtal_repr.fileio import atomic_write_text
+
+        return atomic_write_text(path, text, fsync=False)
 
 
 def standardize_structure(

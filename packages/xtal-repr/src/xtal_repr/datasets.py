@@ -16,9 +16,7 @@ atomic numbers plus per-crystal lattices, counts and labels) and behaves as a se
 from __future__ import annotations
 
 import csv
-import gzip
 import hashlib
-import io
 import json
 import math
 import os
@@ -33,6 +31,7 @@ from typing import Any, Literal
 import numpy as np
 
 from xtal_repr.crystal import Crystal, CrystalFormatError, _guess_format, standardize_structure
+from xtal_repr.fileio import CsvReadError, atomic_path, read_csv_rows
 from xtal_repr.lattice import lattice_to_k
 
 __all__ = [
@@ -206,10 +205,8 @@ class CrystalDataset(Sequence[Crystal]):
                 )
             ),
         }
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **payload)
-        os.replace(tmp, path)
+        with atomic_path(path, fsync=False) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **payload)  # type: ignore[arg-type]
         return path
 
     @classmethod
@@ -240,7 +237,7 @@ def _parse_one(task: tuple[str, str, bool, bool]) -> tuple[bool, Any]:
         with warnings.catch_warnings():
             # pymatgen warns about rounding near-ideal coordinates of most benchmark CIFs
             warnings.simplefilter("ignore")
-            s = Structure.from_str(text, fmt=fmt)
+            s = Structure.from_str(text, fmt=fmt)  # type: ignore[arg-type]
         if niggli or primitive:
             s = standardize_structure(s, niggli=niggli, primitive=primitive)
         c = Crystal.from_pymatgen(s)
@@ -339,14 +336,6 @@ def _cached(
 
 
 # ---------------------------------------------------------------------- CSV splits
-def _open_text(path: Path) -> io.TextIOBase:
-    with open(path, "rb") as fh:
-        magic = fh.read(2)
-    if magic == b"\x1f\x8b":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
-
-
 def _to_float(value: str | None) -> float | None:
     """Float value of a CSV cell; None when the cell is not a number, NaN when it is empty."""
     if value is None:
@@ -459,12 +448,9 @@ def read_csv_dataset(
 
     def build() -> CrystalDataset:
         try:
-            with _open_text(path) as fh:
-                reader = csv.DictReader(fh)
-                header = list(reader.fieldnames or [])
-                records = list(reader)
-        except (OSError, UnicodeDecodeError, csv.Error, EOFError) as exc:
-            raise DatasetError(f"{path}: cannot read as CSV: {exc}") from exc
+            header, records = read_csv_rows(path)
+        except (CsvReadError, FileNotFoundError) as exc:
+            raise DatasetError(str(exc)) from exc
         if cif_column not in header:
             raise DatasetError(f"{path}: no {cif_column!r} column (columns: {', '.join(header)})")
         if not records:
@@ -487,15 +473,15 @@ def read_csv_dataset(
                 )
         table: dict[str, list[float]] = {}
         for col in names:
-            vals = []
+            column: list[float] = []
             for i, r in enumerate(records, start=1):
                 v = _to_float(r.get(col))
                 if v is None:
                     raise DatasetError(
                         f"{path}: row {i}, column {col!r}: {r.get(col)!r} is not a number"
                     )
-                vals.append(v)
-            table[col] = vals
+                column.append(v)
+            table[col] = column
         has_id = id_column in header
         ids = [(r.get(id_column) or str(i)) if has_id else str(i) for i, r in enumerate(records)]
         texts = [(r.get(cif_column) or "", "cif", niggli, primitive) for r in records]
@@ -573,12 +559,9 @@ def read_structure_folder(
         if labels_csv is not None:
             lpath = Path(labels_csv)
             try:
-                with _open_text(lpath) as fh:
-                    reader = csv.DictReader(fh)
-                    header = list(reader.fieldnames or [])
-                    records = list(reader)
-            except (OSError, csv.Error, UnicodeDecodeError) as exc:
-                raise DatasetError(f"{lpath}: cannot read as CSV: {exc}") from exc
+                header, records = read_csv_rows(lpath)
+            except (CsvReadError, FileNotFoundError) as exc:
+                raise DatasetError(str(exc)) from exc
             if not header:
                 raise DatasetError(f"{lpath}: empty labels file")
             idc = id_column or header[0]

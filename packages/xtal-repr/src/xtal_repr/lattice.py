@@ -156,7 +156,8 @@ def _params_from_metric(g: Any) -> tuple[Any, Any]:
         import torch
 
         lengths = torch.sqrt(torch.diagonal(g, dim1=-2, dim2=-1))
-        acos, clip = torch.arccos, torch.clamp
+        acos: Any = torch.arccos
+        clip: Any = torch.clamp
         rad2deg = 180.0 / np.pi
     else:
         lengths = np.sqrt(np.diagonal(g, axis1=-2, axis2=-1))

@@ -155,11 +155,11 @@ def encode_species(z: Any) -> Any:
         out.scatter_(-1, cells[..., :1], 1.0)
         out.scatter_(-1, cells[..., 1:] + GRID_ROWS, 1.0)
         return out
-    cells = z_to_cell(np.asarray(z))
-    out = np.zeros((*cells.shape[:-1], SPECIES_DIM), dtype=np.float64)
-    np.put_along_axis(out, cells[..., :1], 1.0, axis=-1)
-    np.put_along_axis(out, cells[..., 1:] + GRID_ROWS, 1.0, axis=-1)
-    return out
+    cells_np: Any = z_to_cell(np.asarray(z))
+    out_np: Any = np.zeros((*cells_np.shape[:-1], SPECIES_DIM), dtype=np.float64)
+    np.put_along_axis(out_np, cells_np[..., :1], 1.0, axis=-1)
+    np.put_along_axis(out_np, cells_np[..., 1:] + GRID_ROWS, 1.0, axis=-1)
+    return out_np
 
 
 def decode_species(v: Any) -> Any:

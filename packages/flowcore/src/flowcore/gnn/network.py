@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -297,6 +297,11 @@ class PeriodicGNN(nn.Module):
         self.lattice_out = nn.Linear(hidden, lattice_dim, bias=False)
         self.type_out = nn.Linear(hidden, self.type_out_dim) if self.type_out_dim else None
 
+    @property
+    def _layer_list(self) -> list[PeriodicLayer]:
+        """The message-passing layers, typed (``nn.ModuleList`` iterates as plain modules)."""
+        return cast("list[PeriodicLayer]", list(self.layers))
+
     # ------------------------------------------------------------------ config / conversion
     @property
     def config(self) -> dict[str, Any]:
@@ -320,7 +325,7 @@ class PeriodicGNN(nn.Module):
     def _reference_pairs(self) -> list[tuple[str, Tensor | None]]:
         """(reference key, our tensor) for every reference parameter except the fused edge one."""
         pairs: list[tuple[str, Tensor | None]] = []
-        emb = self.atom_embedding
+        emb: Any = self.atom_embedding
         pairs.append(("node_embedding.weight", emb.weight))
         if isinstance(emb, nn.Linear):
             pairs.append(("node_embedding.bias", emb.bias))
@@ -328,7 +333,7 @@ class PeriodicGNN(nn.Module):
             ("atom_latent_emb.weight", self.node_init.weight),
             ("atom_latent_emb.bias", self.node_init.bias),
         ]
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(self._layer_list):
             p = f"csp_layer_{i}."
             pairs += [
                 (p + "edge_mlp.2.weight", layer.edge_out.weight),
@@ -341,7 +346,8 @@ class PeriodicGNN(nn.Module):
                 (p + "layer_norm.bias", layer.layer_norm.bias),
             ]
             if self.n_cond:
-                ad, mix = self.cond_adapters[i], self.cond_mixers[i]
+                ad: Any = self.cond_adapters[i]
+                mix: Any = self.cond_mixers[i]
                 pairs += [
                     (f"cemb_adapter_{i}.0.weight", ad[0].weight),
                     (f"cemb_adapter_{i}.0.bias", ad[0].bias),
@@ -371,7 +377,7 @@ class PeriodicGNN(nn.Module):
         is not included.
         """
         sd = {k: v.detach().clone() for k, v in self._reference_pairs() if v is not None}
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(self._layer_list):
             sd[f"csp_layer_{i}.edge_mlp.0.weight"] = layer.reference_edge_weight().detach().clone()
             sd[f"csp_layer_{i}.edge_mlp.0.bias"] = layer.edge_recv.bias.detach().clone()
         return sd
@@ -408,7 +414,7 @@ class PeriodicGNN(nn.Module):
         h = self.hidden
         m = self.num_millers**3
         f3 = 3 * self.num_freqs
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(self._layer_list):
             key = f"csp_layer_{i}.edge_mlp.0.weight"
             w = take(key)
             if tuple(w.shape) != (h, layer.in_dim):
@@ -607,8 +613,8 @@ class PeriodicGNN(nn.Module):
         delta = frac.index_select(0, graph.pair_j) - frac.index_select(0, graph.pair_i)
         delta = torch.remainder(delta, 1.0)
         x_cos, x_sin = periodic_edge_features(delta, self.num_freqs, self.num_millers)
-        w_cos = torch.cat([layer.cos_weight() for layer in self.layers], dim=0)
-        w_sin = torch.cat([layer.sin_weight() for layer in self.layers], dim=0)
+        w_cos = torch.cat([layer.cos_weight() for layer in self._layer_list], dim=0)
+        w_sin = torch.cat([layer.sin_weight() for layer in self._layer_list], dim=0)
         y = x_cos @ w_cos.t()  # (P, L*H), even part
         z = x_sin @ w_sin.t()  # (P, L*H), odd part
         p_fwd = (y + z).split(self.hidden, dim=1)  # edges i <- j
@@ -616,14 +622,14 @@ class PeriodicGNN(nn.Module):
         self_terms = w_cos.sum(dim=1).split(self.hidden)  # features of D = 0: cos = 1, sin = 0
 
         # W_k k + b of every layer at once, broadcast to the nodes: (N, H) per layer
-        w_lat = torch.cat([layer.edge_lattice.weight for layer in self.layers], dim=0)
-        b_lat = torch.cat([layer.edge_recv.bias for layer in self.layers], dim=0)
+        w_lat = torch.cat([layer.edge_lattice.weight for layer in self._layer_list], dim=0)
+        b_lat = torch.cat([layer.edge_recv.bias for layer in self._layer_list], dim=0)
         graph_terms = gather_rows(F.linear(lattice_feat, w_lat, b_lat), node_batch, sc.to_graph)
         graph_terms = graph_terms.split(self.hidden, dim=1)
 
         cond_enc, cond_gate = self._condition_encoding(cond, cond_mask, num_graphs, dtype)
         inv_count = (1.0 / graph.counts.to(dtype))[node_batch][:, None]
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(self._layer_list):
             if cond_enc is not None:
                 c = self.cond_mixers[i](self.cond_adapters[i](cond_enc))
                 if cond_gate is not None:

@@ -1,8 +1,16 @@
 """The ``crystalflow`` command line.
 
-Each sub-command lives in its own module of :mod:`crystalflow.commands` and exposes a typer app
-(groups such as ``evaluate``) or a ``register(app)`` function (single commands such as ``train``,
-``sample`` and ``generate``). This module only wires them together.
+Layout::
+
+    cli/__init__.py   the app; wires the commands together (this module)
+    cli/common.py     fail() and guarded(): one message style, one exit-code policy
+    cli/options.py    the sample/generate options, defined once (SampleRequest field names)
+    cli/sample.py     `sample` and `generate` (build a SampleRequest, run it)
+    cli/train.py      `train` (fresh run, --resume, --init-from)
+    cli/evaluate.py   `evaluate csp` / `evaluate dng` (xtal_eval)
+
+Each command module exposes a typer app (groups such as ``evaluate``) or a ``register(app)``
+function (top-level commands).
 """
 
 from __future__ import annotations
@@ -25,7 +33,6 @@ app = typer.Typer(
 _COMMANDS = {
     "train": "commands",
     "sample": "commands",
-    "generate": "commands",
     "evaluate": "group",
 }
 _registered = False
@@ -36,12 +43,7 @@ def _register() -> None:
     if _registered:
         return
     for name, kind in _COMMANDS.items():
-        try:
-            module = importlib.import_module(f"crystalflow.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"crystalflow.commands.{name}":
-                continue  # not built yet
-            raise
+        module = importlib.import_module(f"crystalflow.cli.{name}")
         if kind == "group":
             app.add_typer(module.app, name=name)
         else:

@@ -16,6 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from xtal_repr.fileio import atomic_write_text
+
+from crystalflow.cli.common import fail
+from crystalflow.progress import ProgressBar
 
 app = typer.Typer(
     help="Evaluate generated structures (CSP match rate/RMSE, DNG metrics).",
@@ -29,15 +33,6 @@ def _console(stderr: bool = False) -> Any:
     return Console(stderr=stderr)
 
 
-def _fail(msg: str, code: int = 2) -> typer.Exit:
-    from rich.markup import escape
-
-    _console(stderr=True).print(
-        f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True
-    )
-    return typer.Exit(code)
-
-
 def _say(con: Any, text: str) -> None:
     con.print(text, markup=False, highlight=False, soft_wrap=True)
 
@@ -49,57 +44,13 @@ def _parse_ks(values: list[str]) -> list[int]:
             try:
                 k = int(part)
             except ValueError:
-                raise _fail(f"-k expects integers (e.g. -k 1 20), got {part!r}") from None
+                raise fail(f"-k expects integers (e.g. -k 1 20), got {part!r}") from None
             if k < 1:
-                raise _fail(f"-k values must be >= 1, got {k}")
+                raise fail(f"-k values must be >= 1, got {k}")
             ks.append(k)
     if not ks:
-        raise _fail("give at least one -k value")
+        raise fail("give at least one -k value")
     return sorted(set(ks))
-
-
-class _Progress:
-    """A rich progress bar with ETA, one task per stage."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self._bar: Any = None
-        self._tasks: dict[str, Any] = {}
-
-    def __enter__(self) -> _Progress:
-        if self.enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self._bar = Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
-                console=_console(stderr=True),
-                transient=False,
-            )
-            self._bar.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(*exc)
-
-    def update(self, stage: str, done: int, total: int) -> None:
-        if self._bar is None:
-            return
-        if stage not in self._tasks:
-            self._tasks[stage] = self._bar.add_task(stage, total=total)
-        self._bar.update(self._tasks[stage], completed=done, total=total)
 
 
 def _fmt(x: Any, pct: bool = False) -> str:
@@ -113,10 +64,7 @@ def _fmt(x: Any, pct: bool = False) -> str:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def _partial_path(json_out: Path | None, default: str) -> Path:
@@ -207,21 +155,21 @@ def csp(
             angle_tol if angle_tol is not None else tol.angle_tol,
         )
     except ValueError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if rules not in ("crystalflow", "diffcsp"):
-        raise _fail(f"--rules must be crystalflow or diffcsp, got {rules!r}")
+        raise fail(f"--rules must be crystalflow or diffcsp, got {rules!r}")
     if gate not in xe.GATES:
-        raise _fail(f"--gate must be one of {', '.join(xe.GATES)}, got {gate!r}")
+        raise fail(f"--gate must be one of {', '.join(xe.GATES)}, got {gate!r}")
     rule_set = xe.CRYSTALFLOW_RULES if rules == "crystalflow" else xe.DIFFCSP_RULES
     try:
         tt = xe.read_targets(targets)
         cs = xe.read_candidates(pred, tt.ids)
     except (xe.XtalEvalError, xe.MissingDependencyError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     t0 = time.perf_counter()
     report = None
     try:
-        with _Progress(not quiet) as bar:
+        with ProgressBar(not quiet) as bar:
             report = xe.evaluate_csp(
                 tt.cifs,
                 cs.cifs,
@@ -245,7 +193,7 @@ def csp(
         _say(_console(stderr=True), f"interrupted: partial results written to {out}")
         raise typer.Exit(130) from None
     except (xe.XtalEvalError, xe.MissingDependencyError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     elapsed = time.perf_counter() - t0
     con = _console()
     con.print(_csp_table(report, "CSP metrics"))
@@ -279,7 +227,7 @@ def csp(
                 _plots_dir(plots_dir, json_out, "csp_plots"),
             )
         except xe.MissingDependencyError as exc:
-            raise _fail(str(exc)) from None
+            raise fail(str(exc)) from None
         for p in paths:
             _say(con, f"wrote {p}")
 
@@ -407,7 +355,7 @@ def dng(
         else tuple(x.strip() for x in metrics.split(",") if x.strip())
     )
     if rules not in ("crystalflow", "diffcsp"):
-        raise _fail(f"--rules must be crystalflow or diffcsp, got {rules!r}")
+        raise fail(f"--rules must be crystalflow or diffcsp, got {rules!r}")
     try:
         settings = xe.DNGSettings(
             metrics=wanted,
@@ -427,13 +375,13 @@ def dng(
         trn = xe.read_structures(train) if train is not None else ref
         hull_ref = xe.HullReference.from_files(hull, energy_column) if hull else None
     except (xe.XtalEvalError, xe.MissingDependencyError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if "stability" in wanted and hull_ref is None and metrics != "all":
-        raise _fail("--metrics stability needs --hull FILE (a convex-hull reference)")
+        raise fail("--metrics stability needs --hull FILE (a convex-hull reference)")
     secs = sampling_seconds if sampling_seconds is not None else _sampling_seconds(pred)
     t0 = time.perf_counter()
     try:
-        with _Progress(not quiet) as bar:
+        with ProgressBar(not quiet) as bar:
             report = xe.evaluate_dng(
                 gen.cifs,
                 ref.cifs,
@@ -457,7 +405,7 @@ def dng(
         _say(_console(stderr=True), f"interrupted: partial results written to {out}")
         raise typer.Exit(130) from None
     except (xe.XtalEvalError, xe.MissingDependencyError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     report.metrics["novelty_reference"] = str(train if train is not None else reference)
     con = _console()
     con.print(_dng_table(report, "DNG metrics"))
@@ -489,6 +437,6 @@ def dng(
 
             paths = plot_dng(report, _plots_dir(plots_dir, json_out, "dng_plots"), conds, props)
         except xe.MissingDependencyError as exc:
-            raise _fail(str(exc)) from None
+            raise fail(str(exc)) from None
         for p in paths:
             _say(con, f"wrote {p}")

@@ -1,36 +1,12 @@
-"""The training loop: plain PyTorch, exact resume, DDP, EMA, bf16, checkpoints and metrics.
-
-:func:`train` starts a run in a new folder, :func:`resume` continues one (after a crash, a kill or
-to train further). A run folder holds
-
-* ``config.json`` / ``config.yaml``: the resolved :class:`~crystalflow.config.RunConfig`;
-* ``metrics.jsonl``: one JSON line per epoch (train/val losses per component, lr, throughput);
-* ``model_last.safetensors`` / ``model_best.safetensors``: sampling models (EMA weights), the best
-  by validation loss;
-* ``state_last.safetensors``: everything needed to continue exactly (weights, EMA, optimiser,
-  scheduler, step, epoch and position inside the epoch, RNG state, running metrics);
-* ``snapshots/model_step<N>.safetensors`` every ``train.snapshot_every_minutes`` of training wall
-  time (EMA weights; the model info records ``train_wall_s``), for quality-versus-time curves;
-* ``tb/`` with ``train.tensorboard=true``.
-
-Determinism: the batches of an epoch are a function of (seed, epoch), and the random draws of step
-``s`` (times, priors, condition dropout) come from a generator seeded with (seed, s), drawn for the
-whole global batch before it is shared among DDP processes. So a resumed run repeats exactly what
-the uninterrupted run would have done, and 1 or W processes follow the same trajectory (up to the
-floating-point order of the gradient all-reduce). Each process's loss is its share of the global
-element sums divided by the global element counts (times W, undoing DDP's gradient averaging), so
-the gradient is exactly that of the reference's element-mean loss over the global batch.
-"""
+"""One training run, fresh or resumed: :class:`Trainer` (see :mod:`crystalflow.train`)."""
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,17 +15,13 @@ import torch
 from torch import Tensor, nn
 
 from crystalflow.checkpoint import (
-    CheckpointError,
     json_float,
-    load_train_state,
-    model_from_file,
     optimizer_from_tensors,
     optimizer_to_tensors,
-    resolve_model_path,
     save_model,
     save_train_state,
 )
-from crystalflow.config import ConfigError, RunConfig, validate_config
+from crystalflow.config import RunConfig
 from crystalflow.data import (
     CrystalData,
     condition_ranges,
@@ -59,124 +31,24 @@ from crystalflow.data import (
     num_atoms_histogram,
 )
 from crystalflow.distributed import DistInfo, all_reduce_, barrier, cleanup, setup
+from crystalflow.errors import CheckpointError, ConfigError
 from crystalflow.model import CrystalFlow
+from crystalflow.train.common import (
+    _EMA,
+    METRICS_FILE,
+    STATE_FILE,
+    STEPS_FILE,
+    TrainResult,
+    _Log,
+    _LossModule,
+    step_seed,
+)
+from crystalflow.train.init import init_model
 
-__all__ = [
-    "INIT_FIXED_FIELDS",
-    "TrainResult",
-    "init_model",
-    "init_model_config",
-    "resume",
-    "step_seed",
-    "train",
-]
-
-STATE_FILE = "state_last.safetensors"
-METRICS_FILE = "metrics.jsonl"
-STEPS_FILE = "steps.jsonl"
-
-
-@dataclass
-class TrainResult:
-    """Where a run ended."""
-
-    run_dir: Path
-    step: int
-    epoch: int
-    best_val_loss: float | None
-    last_val_loss: float | None
-    stopped: str  # "max_steps" | "max_minutes" | "epochs"
+__all__ = ["Trainer"]
 
 
-def step_seed(seed: int, step: int) -> int:
-    """Seed of the random draws of training step ``step`` (independent of processes/resume)."""
-    return int(np.random.SeedSequence([seed & 0xFFFFFFFF, step, 0x5EED]).generate_state(1)[0])
-
-
-class _LossModule(nn.Module):
-    """What DDP wraps: forward = per-component squared-error sums of a (local) batch."""
-
-    def __init__(self, model: CrystalFlow) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, batch: Any, noise: Any) -> dict[str, Tensor]:
-        return self.model.loss_sums(batch, noise)
-
-
-class _EMA:
-    """Exponential moving average of the network parameters, kept in a model copy.
-
-    ``decay_t = min(decay, (1 + t) / (10 + t))`` (the usual warm-up, so early averages are not
-    dominated by the random initialisation).
-    """
-
-    def __init__(self, model: CrystalFlow, decay: float) -> None:
-        self.decay = decay
-        self.model = copy.deepcopy(model).eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        self._dst = list(self.model.net.parameters())
-        self._src = list(model.net.parameters())
-
-    @torch.no_grad()
-    def update(self, step: int) -> None:
-        d = min(self.decay, (1.0 + step) / (10.0 + step))
-        torch._foreach_lerp_(self._dst, [p.detach() for p in self._src], 1.0 - d)
-
-
-class _Log:
-    """Rank-0 console output: a rich progress bar and one summary line per epoch."""
-
-    def __init__(self, enabled: bool, progress: bool) -> None:
-        from rich.console import Console
-
-        self.enabled = enabled
-        self.console = Console(stderr=True, highlight=False)
-        self.progress_enabled = enabled and progress and self.console.is_terminal
-        self._progress: Any = None
-        self._task: Any = None
-
-    def line(self, text: str) -> None:
-        if self.enabled:
-            self.console.print(text)
-
-    def start_epoch(self, epoch: int, total: int, done: int) -> None:
-        if not self.progress_enabled:
-            return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        self._progress = Progress(
-            TextColumn("epoch {task.fields[epoch]}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.fields[info]}"),
-            console=self.console,
-            transient=True,
-        )
-        self._progress.start()
-        self._task = self._progress.add_task(
-            "train", total=total, completed=done, epoch=epoch, info=""
-        )
-
-    def advance(self, info: str) -> None:
-        if self._progress is not None:
-            self._progress.update(self._task, advance=1, info=info)
-
-    def end_epoch(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
-
-
-class _Trainer:
+class Trainer:
     """One run (fresh or resumed); see :func:`train`."""
 
     def __init__(
@@ -213,7 +85,7 @@ class _Trainer:
             hist = num_atoms_histogram(train_ds, config.model.max_atoms)
             elements = sorted(int(z) for z in np.unique(train_ds.atomic_numbers))
             if tc.init_from:
-                init = init_model(tc.init_from, config.model)
+                init, init_record = init_model(tc.init_from, config.model)
                 # the weights were trained on the file's condition scaling: keep it; the model
                 # knows the elements of both trainings
                 normalizer = dict(init.normalizer)
@@ -244,7 +116,7 @@ class _Trainer:
         self.model = CrystalFlow(config.model, normalizer, hist, elements).to(dev)
         if init is not None:
             self.model.net.load_state_dict(init.net.state_dict(), strict=True)
-            self.data_info["init_from"] = init.init_record
+            self.data_info["init_from"] = init_record
         elif state is not None and state[1].get("init_from") is not None:
             self.data_info["init_from"] = state[1]["init_from"]
         self.ema = _EMA(self.model, tc.ema_decay) if tc.ema_decay > 0 else None
@@ -734,211 +606,3 @@ class _Trainer:
     def close(self) -> None:
         torch.set_num_threads(self._threads)
         cleanup(self.dist)
-
-
-# model fields that define the network and its flow: a run initialised from a model file must keep
-# them (loss weights, max_atoms, the time sampler and the condition dropout may change)
-INIT_FIXED_FIELDS = (
-    "mode",
-    "hidden",
-    "num_layers",
-    "time_dim",
-    "num_freqs",
-    "num_millers",
-    "lattice_sigma",
-    "conditions",
-    "null_cond",
-    "cond_basis",
-)
-
-
-def init_model(source: str, model_config: Any) -> CrystalFlow:
-    """The model a new run starts from (``train.init_from``), checked against ``model_config``.
-
-    ``source`` is a model file, a run folder (its best model) or ``default`` (the bundled model).
-    The returned model carries ``init_record``, the provenance stored with the run's models.
-
-    Raises
-    ------
-    CheckpointError
-        One line naming ``source`` when it cannot be read or describes another network.
-    """
-    try:
-        path = resolve_model_path(None if source == "default" else source)
-        init = model_from_file(path)
-    except CheckpointError as exc:
-        raise CheckpointError(f"train.init_from={source}: {exc}") from None
-    mine, theirs = model_config.model_dump(), init.config.model_dump()
-    diff = [
-        f"{k}={mine[k]!r} (file: {theirs[k]!r})" for k in INIT_FIXED_FIELDS if mine[k] != theirs[k]
-    ]
-    if diff:
-        raise CheckpointError(
-            f"train.init_from={source}: the model file {path.name} describes another network: "
-            + ", ".join(diff)
-            + " (leave the model section to the file, or change only loss weights / max_atoms)"
-        )
-    info = init.info or {}
-    init.init_record = {
-        "source": source,
-        "file": path.name,
-        "step": info.get("step"),
-        "epoch": info.get("epoch"),
-        "train_wall_s": info.get("train_wall_s"),
-        "train_source": info.get("train_source"),
-    }
-    return init
-
-
-def init_model_config(source: str, name: str = "train.init_from") -> dict[str, Any]:
-    """The model section stored in the model file ``source`` (a model file, a run folder or
-    ``default``), without building the model; errors are one line prefixed with ``name``."""
-    from crystalflow.checkpoint import read_safetensors
-
-    try:
-        path = resolve_model_path(None if source == "default" else source)
-        _, meta = read_safetensors(path, "model file")
-    except CheckpointError as exc:
-        raise CheckpointError(f"{name} {source}: {exc}") from None
-    cfg = meta.get("model_config")
-    if not isinstance(cfg, dict):
-        raise CheckpointError(f"{name} {source}: {path.name} holds no model configuration")
-    return cfg
-
-
-def _truncate_metrics(run_dir: Path, step: int, name: str = METRICS_FILE) -> None:
-    path = run_dir / name
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                keep.append(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by the kill
-    from crystalflow.checkpoint import atomic_write_text
-
-    atomic_write_text(path, "".join(s + "\n" for s in keep))
-
-
-def train(config: RunConfig, out: str | Path, *, progress: bool = True) -> TrainResult:
-    """Train a model from scratch into the new run folder ``out``.
-
-    Parameters
-    ----------
-    config : RunConfig
-        Resolved configuration (see :func:`crystalflow.config.load_config`).
-    out : path
-        Run folder; must not already hold a run (use :func:`resume` for that).
-    progress : bool
-        Show a progress bar when stderr is a terminal (rank 0 only).
-
-    Returns
-    -------
-    TrainResult
-    """
-    run_dir = Path(out)
-    if (run_dir / "config.json").exists() or (run_dir / STATE_FILE).exists():
-        raise CheckpointError(
-            f"--out {run_dir} already holds a run; continue it with --resume {run_dir} or choose "
-            "another --out"
-        )
-    if run_dir.exists() and not run_dir.is_dir():
-        raise CheckpointError(f"--out {run_dir} exists and is not a folder")
-    trainer = _Trainer(config, run_dir, None, progress)
-    try:
-        if trainer.dist.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            config.save(run_dir)
-            (run_dir / METRICS_FILE).touch()
-            n = sum(p.numel() for p in trainer.model.net.parameters())
-            trainer.log.line(
-                f"crystalflow train: {config.model.mode} model, {n / 1e6:.2f} M parameters, "
-                f"{trainer.num_train} train / {trainer.num_val} val crystals, "
-                f"device {trainer.dist.device}{' x' + str(trainer.dist.world) if trainer.dist.world > 1 else ''}"
-                f", run folder {run_dir}"
-            )
-        barrier(trainer.dist)
-        return trainer.run()
-    finally:
-        trainer.close()
-
-
-def resume(
-    run_dir: str | Path,
-    *,
-    max_steps: int | None = None,
-    epochs: int | None = None,
-    max_minutes: float | None = None,
-    reschedule: bool = False,
-    progress: bool = True,
-) -> TrainResult:
-    """Continue the run in ``run_dir`` from its last checkpoint (exactly where it stopped).
-
-    Parameters
-    ----------
-    run_dir : path
-        A run folder written by :func:`train`.
-    max_steps, epochs : int, optional
-        New limits (default: those of the run).
-    max_minutes : float, optional
-        New wall-clock budget in minutes, counted from the run's start (training wall time already
-        spent counts against it).
-    reschedule : bool
-        Fit the cosine learning-rate schedule to the (new) ``epochs`` from here on, instead of
-        keeping the horizon the run started with (which keeps a resumed run identical to an
-        uninterrupted one). For shortening or lengthening a run.
-    progress : bool
-        Progress bar (rank 0, terminals only).
-    """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CheckpointError(f"--resume {run_dir}: no such run folder")
-    state_path = run_dir / STATE_FILE
-    if state_path.is_file():
-        tensors, meta = load_train_state(state_path)
-        base = meta["run_config"]
-        state: tuple[dict, dict] | None = (tensors, meta)
-    elif (run_dir / "config.json").is_file():
-        try:
-            base = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"--resume {run_dir}: unreadable config.json ({exc})") from None
-        state = None  # killed before the first checkpoint: start again from step 0
-    else:
-        raise CheckpointError(f"--resume {run_dir}: not a crystalflow run folder (no {STATE_FILE})")
-    if max_steps is not None:
-        base["train"]["max_steps"] = max_steps
-    if epochs is not None:
-        base["train"]["epochs"] = epochs
-    if max_minutes is not None:
-        base["train"]["max_minutes"] = max_minutes
-    config = validate_config(base, f"{run_dir}/config")
-    trainer = _Trainer(config, run_dir, state, progress)
-    if reschedule and state is not None:
-        horizon = config.train.epochs * len(trainer._batches(0))
-        if horizon != trainer.total_steps:
-            trainer.log.line(
-                f"learning-rate schedule horizon {trainer.total_steps} -> {horizon} steps "
-                f"(train.epochs={config.train.epochs})"
-            )
-            trainer.total_steps = horizon
-    try:
-        step = trainer.step
-        if trainer.dist.is_main:
-            _truncate_metrics(run_dir, step)
-            _truncate_metrics(run_dir, step, STEPS_FILE)
-            for p in run_dir.glob(".*.tmp-*"):
-                p.unlink(missing_ok=True)  # left by a killed write
-            config.save(run_dir)
-            trainer.log.line(
-                f"crystalflow train: resuming {run_dir} at step {step} (epoch {trainer.epoch}, "
-                f"batch {trainer.pos})"
-                if state is not None
-                else f"crystalflow train: no checkpoint in {run_dir} yet; starting it again"
-            )
-        barrier(trainer.dist)
-        return trainer.run()
-    finally:
-        trainer.close()

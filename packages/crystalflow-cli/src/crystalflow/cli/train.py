@@ -13,16 +13,17 @@ weights, and its ``model`` section is the file's (``--set model.lambda_F=...`` a
 apply on top); the training section comes from ``--preset``/``--config``/``--set`` as usual.
 
 Multi-GPU / multi-node: launch the same command with ``torchrun --nproc-per-node W``.
-Expected errors are printed as one line on stderr with exit code 2 (no traceback).
+Errors follow :mod:`crystalflow.cli.common` (one line on stderr, exit code 2 for bad input).
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Annotated
 
 import typer
+
+from crystalflow.cli.common import guarded
 
 __all__ = ["register", "run_train"]
 
@@ -30,11 +31,6 @@ HELP = (
     "Train a CrystalFlow model (CSP or DNG, optionally conditional) or resume a run. "
     "Batch sizes are global; launch with torchrun for DDP."
 )
-
-
-def _fail(message: str, code: int = 2) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
 
 
 def run_train(
@@ -200,17 +196,14 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option("--list-presets", help="List presets and exit.")
         ] = False,
     ) -> None:
-        from xtal_repr import DatasetError
-
-        from crystalflow.config import CrystalFlowError
-
         if list_presets:
             from crystalflow.config import list_presets as _list
 
             for name, desc in _list().items():
                 typer.echo(f"{name:24s} {desc}")
             return
-        try:
+        where = resume_dir or out
+        with guarded(interrupted=f"continue with: crystalflow train --resume {where}"):
             result = run_train(
                 preset=preset,
                 data=data,
@@ -229,21 +222,10 @@ def register(app: typer.Typer) -> None:
                 progress=not no_progress,
                 init_from=init_from,
             )
-        except (CrystalFlowError, DatasetError) as exc:
-            _fail(str(exc))
-        except KeyboardInterrupt:
-            where = resume_dir or out
-            _fail(f"interrupted; continue with: crystalflow train --resume {where}", 130)
-        except Exception as exc:  # noqa: BLE001 - one line unless debugging
-            if os.environ.get("CRYSTALFLOW_DEBUG"):
-                raise
-            msg = " ".join(str(exc).split())
-            _fail(f"{type(exc).__name__}: {msg} (set CRYSTALFLOW_DEBUG=1 for the traceback)", 1)
-        else:
-            best = f"{result.best_val_loss:.4f}" if result.best_val_loss is not None else "n/a"
-            typer.echo(
-                f"done: step {result.step}, epoch {result.epoch}, best val loss {best}, "
-                f"run folder {result.run_dir} (stopped: {result.stopped})",
-                err=False,
-            )
-            sys.stdout.flush()
+        best = f"{result.best_val_loss:.4f}" if result.best_val_loss is not None else "n/a"
+        typer.echo(
+            f"done: step {result.step}, epoch {result.epoch}, best val loss {best}, "
+            f"run folder {result.run_dir} (stopped: {result.stopped})",
+            err=False,
+        )
+        sys.stdout.flush()

@@ -1,0 +1,5 @@
+"""``python -m crystalflow.cli``: the ``crystalflow`` command."""
+
+from crystalflow.cli import main
+
+main()

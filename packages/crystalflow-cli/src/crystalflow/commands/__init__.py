@@ -1,1 +1,0 @@
-"""Sub-commands of the ``crystalflow`` command line (one module each)."""

@@ -1,0 +1,417 @@
+"""The sampling API: a :class:`SampleRequest` checked against a model, then run.
+
+:func:`prepare` builds and checks a request (options and formula first, no model needed; then the
+checkpoint; then the targets against it) and writes nothing; :func:`execute` runs it into an output
+folder or memory. :func:`sample` and :func:`generate` (``crystalflow.sample`` /
+``crystalflow.generate``) do both; the command line builds the same :class:`SampleRequest`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from crystalflow.errors import OutputError, SamplingError
+from crystalflow.formula import cell_composition
+from crystalflow.sampling.checks import check_targets, resolve_condition_names
+from crystalflow.sampling.engine import RunResult, run
+from crystalflow.sampling.request import (
+    PostProcessOptions,
+    SampleRequest,
+    SamplingOptions,
+    _positive,
+    parse_formula_units,
+)
+from crystalflow.sampling.store import RunWriter, read_manifest
+from crystalflow.sampling.targets import Target, dng_target, formula_target, targets_from_csv
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pymatgen.core import Structure
+
+    from crystalflow.model import CrystalFlow
+
+__all__ = [
+    "CHECKPOINT_ENV",
+    "DEFAULT_CHECKPOINT_DIR",
+    "Prepared",
+    "execute",
+    "generate",
+    "load_checkpoint",
+    "prepare",
+    "prepare_resume",
+    "resolve_checkpoint",
+    "resolve_device",
+    "sample",
+]
+
+log = logging.getLogger(__name__)
+
+#: environment variable naming the default checkpoint (a file or a folder)
+CHECKPOINT_ENV = "CRYSTALFLOW_CHECKPOINT"
+#: the embedded default checkpoint shipped inside the package
+DEFAULT_CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+
+
+# ---------------------------------------------------------------------------------- checkpoint
+def resolve_checkpoint(path: str | os.PathLike[str] | None = None) -> Path:
+    """The checkpoint to load: ``path``, else ``$CRYSTALFLOW_CHECKPOINT``, else the embedded one.
+
+    Raises
+    ------
+    SamplingError
+        The path does not exist, or no default checkpoint is installed.
+    """
+    if path is not None and str(path) != "":
+        p = Path(path).expanduser()
+        if not p.exists():
+            raise SamplingError(f"--checkpoint {p}: no such file or folder")
+        return p
+    env = os.environ.get(CHECKPOINT_ENV, "").strip()
+    if env:
+        p = Path(env).expanduser()
+        if not p.exists():
+            raise SamplingError(f"${CHECKPOINT_ENV}={env}: no such file or folder")
+        return p
+    from crystalflow.checkpoint import default_model_path
+
+    embedded = default_model_path()
+    if embedded is None:
+        raise SamplingError(
+            f"no default model is installed ({DEFAULT_CHECKPOINT_DIR} holds no *.safetensors); "
+            f"pass --checkpoint PATH (a model .safetensors file or a training run folder) or set "
+            f"{CHECKPOINT_ENV}"
+        )
+    return embedded
+
+
+def load_checkpoint(path: str | os.PathLike[str] | None = None, device: str = "cpu") -> CrystalFlow:
+    """Load a :class:`crystalflow.model.CrystalFlow` for sampling (eval mode, on ``device``)."""
+    from crystalflow.checkpoint import load_model
+
+    model = load_model(resolve_checkpoint(path), device=device)
+    model.eval()
+    return model
+
+
+def resolve_device(device: str | None = "auto") -> str:
+    """``"auto"`` -> ``"cuda"`` when available, else ``"cpu"``; other values are checked."""
+    import torch
+
+    d = (device or "auto").strip().lower()
+    if d == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(d)
+    except RuntimeError:
+        raise SamplingError(
+            f"--device {device!r}: not a device (auto, cpu, cuda, cuda:1, ...)"
+        ) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SamplingError(f"--device {device}: CUDA is not available on this machine")
+    return d
+
+
+# ------------------------------------------------------------------------------------ requests
+@dataclass
+class Prepared:
+    """A checked request, ready for :func:`execute` (nothing has been written yet).
+
+    Attributes
+    ----------
+    command : {"sample", "generate"}
+    model : CrystalFlow
+    targets : list[Target]
+    options : SamplingOptions
+        With ``batch_size`` resolved for the device.
+    postprocess : PostProcessOptions
+    device : str
+    checkpoint : str
+        The resolved checkpoint path (or ``"<model object>"``).
+    warnings : list[str]
+    """
+
+    command: str
+    model: CrystalFlow
+    targets: list[Target]
+    options: SamplingOptions
+    postprocess: PostProcessOptions
+    device: str
+    checkpoint: str
+    warnings: list[str]
+
+    def manifest(self) -> dict[str, Any]:
+        """The request as stored in ``run.json`` (targets are added by the writer)."""
+        from crystalflow import __version__
+
+        options = asdict(self.options)
+        if not options["allow_larger"]:  # runs stored before the option existed still resume
+            del options["allow_larger"]
+        return {
+            "command": self.command,
+            "checkpoint": self.checkpoint,
+            "device": self.device,
+            "options": options,
+            "postprocess": asdict(self.postprocess),
+            "crystalflow_version": __version__,
+        }
+
+
+def _attach(model: CrystalFlow | None, request: SampleRequest, dev: str) -> tuple[Any, str]:
+    """The model to sample with (loaded from the request's checkpoint unless given) and the
+    checkpoint description stored in the run manifest."""
+    if model is None:
+        path = resolve_checkpoint(request.checkpoint)
+        return load_checkpoint(path, device=dev), str(path.resolve())
+    return model.to(dev).eval(), "<model object>"
+
+
+def prepare(
+    request: SampleRequest | str = "sample",
+    *,
+    model: CrystalFlow | None = None,
+    targets: Sequence[Target] | None = None,
+    **options: Any,
+) -> Prepared:
+    """Build and check a sampling request; nothing is written.
+
+    Parameters
+    ----------
+    request : SampleRequest or {"sample", "generate"}
+        The request, or its command with the options as keyword arguments
+        (:meth:`SampleRequest.build`).
+    model : CrystalFlow, optional
+        An already loaded model (instead of ``request.checkpoint``).
+    targets : sequence of Target, optional
+        CSP targets given directly (instead of ``formula`` / ``from_csv``).
+
+    The order of checks follows the command line: options and formula first (no model needed),
+    then the checkpoint, then the targets against the checkpoint.
+
+    Raises
+    ------
+    SamplingError, FormulaError, CheckpointError
+        One-line messages naming the bad input.
+    """
+    if isinstance(request, str):
+        request = SampleRequest.build(request, **options)
+    elif options:
+        request = replace(request, **options)
+    r = request
+    # cheap checks first (no torch import): a bad formula or -n fails fast
+    _positive(r.n, "-n")
+    conds = r.condition_values()
+    formula, from_csv = r.formula, r.from_csv
+    if r.command == "sample":
+        given = sum(x is not None for x in (formula, from_csv, targets))
+        if given != 1:
+            raise SamplingError("give exactly one of --formula or --from-csv")
+        if formula is not None:
+            zs = parse_formula_units(r.formula_units)
+            if zs == "all":
+                cell_composition(formula, num_atoms=r.num_atoms)  # a bad formula fails here, fast
+                if r.num_atoms is not None:
+                    raise SamplingError("give either --num-atoms or --formula-units, not both")
+            else:
+                targets = [formula_target(formula, r.n, r.num_atoms, z, conds) for z in zs]
+        elif from_csv is not None and (r.num_atoms is not None or r.formula_units is not None):
+            raise SamplingError(
+                "--num-atoms/--formula-units apply to --formula; with --from-csv "
+                "use num_atoms/formula_units columns"
+            )
+    elif formula is not None or from_csv is not None:
+        raise SamplingError("`generate` takes no formula (use `crystalflow sample` for CSP)")
+    elif r.formula_units is not None:
+        raise SamplingError("--formula-units applies to `crystalflow sample`")
+    elif r.allow_larger:
+        raise SamplingError("--allow-larger applies to `crystalflow sample` (CSP)")
+    options_ = r.sampling_options()
+    post = r.postprocess_options()
+    if r.relax:
+        from crystalflow.sampling.postprocess import require_chgnet
+
+        require_chgnet()
+    dev = resolve_device(r.device)
+    model, ckpt = _attach(model, r, dev)
+    conds = resolve_condition_names(conds, list(model.config.conditions))
+    if formula is not None and targets is not None:  # built before the names were known
+        targets = [Target(t.id, t.atomic_numbers, t.count, conds, t.num_atoms) for t in targets]
+    if r.command == "sample" and formula is not None and targets is None:  # --formula-units all
+        reduced = cell_composition(formula, formula_units=1)
+        zmax = int(model.config.max_atoms) // reduced.num_atoms
+        if zmax < 1 and r.allow_larger:
+            zmax = 1
+        if zmax < 1:
+            raise SamplingError(
+                f"{reduced.formula} has {reduced.num_atoms} atoms, more than the model's limit of "
+                f"{model.config.max_atoms} (--allow-larger samples it anyway)"
+            )
+        targets = [formula_target(formula, r.n, None, z, conds) for z in range(1, zmax + 1)]
+    if r.command == "sample" and from_csv is not None:
+        targets = targets_from_csv(
+            from_csv, r.n, conds, condition_names=list(model.config.conditions)
+        )
+    if r.command == "generate":
+        if model.config.mode != "dng":
+            check_targets(model, [Target("gen", None, 1, {}, (1,))], options_, mode="dng")
+        hist = _np_hist(model.num_atoms_hist)
+        if r.num_atoms is not None and r.num_atoms > int(model.config.max_atoms):
+            raise SamplingError(
+                f"--num-atoms {r.num_atoms} exceeds the model's limit of {model.config.max_atoms}"
+            )
+        targets = [dng_target(r.n, hist, r.seed, conds, r.num_atoms)]
+    assert targets is not None
+    checked, warns = check_targets(
+        model, list(targets), options_, mode="csp" if r.command == "sample" else "dng"
+    )
+    options_ = SamplingOptions(**{**asdict(options_), "batch_size": options_.batch_atoms(dev)})
+    return Prepared(r.command, model, checked, options_, post, dev, ckpt, warns)
+
+
+def _np_hist(h: Any) -> np.ndarray:
+    if hasattr(h, "detach"):
+        h = h.detach().cpu().numpy()
+    return np.asarray(h, dtype=np.float64)
+
+
+def prepare_resume(
+    out_dir: str | os.PathLike[str],
+    device: str | None = "auto",
+    checkpoint: str | os.PathLike[str] | None = None,
+    model: CrystalFlow | None = None,
+) -> Prepared:
+    """Rebuild the request stored in ``out_dir/run.json`` (for ``--resume`` without options)."""
+    m = read_manifest(out_dir)
+    if m is None:
+        raise OutputError(f"--resume: {out_dir} holds no run to resume (no run.json)")
+    dev = resolve_device(device)
+    if model is None:
+        stored = m.get("checkpoint", "")
+        if checkpoint is None and stored.startswith("<"):
+            raise OutputError(
+                "--resume: the run was made with an in-memory model; pass --checkpoint"
+            )
+        path = resolve_checkpoint(checkpoint if checkpoint is not None else stored)
+        model = load_checkpoint(path, device=dev)
+        ckpt = str(path.resolve())
+    else:
+        model = model.to(dev).eval()
+        ckpt = "<model object>"
+    targets = [Target.from_dict(t) for t in m["targets"]]
+    options = SamplingOptions(**m["options"])
+    post = PostProcessOptions(**m["postprocess"])
+    mode = "csp" if m["command"] == "sample" else "dng"
+    checked, warns = check_targets(model, targets, options, mode=mode)
+    return Prepared(m["command"], model, checked, options, post, dev, ckpt, warns)
+
+
+def execute(
+    prepared: Prepared,
+    out: str | os.PathLike[str] | None = None,
+    *,
+    formats: Sequence[str] = ("cif",),
+    resume: bool = False,
+    progress: bool | Callable[[int, int, float], None] = False,
+    assemble_every: float = 30.0,
+) -> RunResult:
+    """Run a prepared request, writing into ``out`` when given (see
+    :mod:`crystalflow.sampling.store`); ``progress``: a bar, or a ``progress(done, total, rate)``
+    callable."""
+    from crystalflow.progress import ProgressBar
+
+    writer = None
+    if out is not None:
+        writer = RunWriter(
+            out,
+            prepared.manifest(),
+            formats=formats,
+            resume=resume,
+            candidates=prepared.command == "sample",
+            assemble_every=assemble_every,
+        )
+    bar = ProgressBar(enabled=bool(progress) and not callable(progress))
+    bar.description = "sampling" if prepared.command == "sample" else "generating"
+    with bar:
+        return run(
+            prepared.model,
+            prepared.targets,
+            prepared.options,
+            device=prepared.device,
+            writer=writer,
+            postprocess=prepared.postprocess,
+            progress=progress if callable(progress) else bar,
+            warnings=prepared.warnings,
+        )
+
+
+def _run_request(request: SampleRequest, model: CrystalFlow | None) -> list[Structure]:
+    prepared = prepare(request, model=model)
+    for line in prepared.warnings:
+        warnings.warn(line, UserWarning, stacklevel=3)
+    result = execute(
+        prepared,
+        request.out,
+        formats=request.formats,
+        resume=request.resume,
+        progress=request.progress,
+    )
+    return result.structures
+
+
+def sample(
+    formula: str | SampleRequest | None = None,
+    n: int = 1,
+    *,
+    model: CrystalFlow | None = None,
+    **options: Any,
+) -> list[Structure]:
+    """Crystal structure prediction: ``n`` structures for a formula (or every row of a CSV).
+
+    Mirrors ``crystalflow sample``: the options are the fields of :class:`SampleRequest`
+    (``from_csv``, ``num_atoms``, ``formula_units``, ``pressure``, ``conditions``, ``steps``,
+    ``solver``, ``anti_annealing``, ``guidance``, ``seed``, ``device``, ``batch_size``,
+    ``checkpoint``, ``allow_larger``, ``drop_closer_than``, ``symmetrize``, ``dedup``, ``relax``,
+    ``symprec``, ``out``, ``formats``, ``resume``, ``progress``); an unknown name is an error.
+    A :class:`SampleRequest` may be passed instead of the formula.
+
+    Parameters
+    ----------
+    formula : str or SampleRequest, optional
+        E.g. ``"SiO2"``; exclusive with ``from_csv``.
+    n : int
+        Candidates per target.
+    model : CrystalFlow, optional
+        An already loaded model (instead of ``checkpoint``).
+
+    Returns
+    -------
+    list[pymatgen.core.Structure]
+        Kept structures in (target, candidate) order; ``structure.properties`` holds ``id``,
+        ``target_id``, ``candidate``, ``conditions`` and ``energy_per_atom``.
+    """
+    if isinstance(formula, SampleRequest):
+        request = replace(formula, **options) if options else formula
+    else:
+        request = SampleRequest.build("sample", formula=formula, n=n, **options)
+    return _run_request(request, model)
+
+
+def generate(n: int = 1, *, model: CrystalFlow | None = None, **options: Any) -> list[Structure]:
+    """De novo generation of ``n`` structures with a DNG checkpoint; mirrors ``crystalflow
+    generate``.
+
+    The number of atoms of each structure is drawn from the checkpoint's training histogram
+    (seeded by ``seed``) unless ``num_atoms`` is given. Options as :func:`sample` (the fields of
+    :class:`SampleRequest`).
+
+    Returns
+    -------
+    list[pymatgen.core.Structure]
+    """
+    return _run_request(SampleRequest.build("generate", n=n, **options), model)
