@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 import importlib.util
+import json
 import sys
 import types
 from pathlib import Path
@@ -155,3 +156,26 @@ def test_checkpoint_budget_reports_the_model_a_run_started_from(tmp_path):
     assert plain["train_wall_min"] == 1.5 and plain["epoch"] == 3 and "init_from" not in plain
     ft = common.checkpoint_budget(str(tmp_path / "ft.safetensors"))
     assert ft["train_wall_min"] == 0.5 and ft["init_from"] == start
+
+
+def test_gpu_check_dry_run_measures_every_step_and_writes_json(tmp_path):
+    """bench/gpu_check.py --dry-run (toy sizes, CPU): every sampling and training case runs and
+    the JSON holds a figure for each; an unknown variant is refused."""
+    gpu_check = _load("gpu_check")
+    out = tmp_path / "g.json"
+    argv = ["--dry-run", "--out", str(out), "--variants", "fp32,tf32,tf32+compile"]
+    assert gpu_check.main(argv) == 0
+    doc = json.loads(out.read_text())
+    rows = doc["rows"]
+    assert doc["env"]["dry_run"] is True and doc["env"]["device"] == "cpu"
+    assert [r.get("error") for r in rows] == [None] * len(rows)
+    samp = [r for r in rows if r["step"] == "sampling"]
+    train = [r for r in rows if r["step"] == "training"]
+    assert {(r["model"], r["variant"]) for r in samp} == {
+        (m, v) for m in ("shipped", "paper") for v in ("fp32", "tf32", "tf32+compile")
+    }
+    assert all(r["structures"] == 12 and r["structures_per_s"] > 0 for r in samp)
+    assert len(train) == 3 and all(r["crystals_per_s"] > 0 for r in train)
+    assert len(gpu_check.read_compositions(9046 + 3)) == 9049  # cycles over the split
+    with pytest.raises(SystemExit):
+        gpu_check.main(["--dry-run", "--variants", "fp64", "--out", str(out)])
