@@ -490,3 +490,15 @@ def test_allow_larger_on_the_command_line(tmp_path, ckpt):
     warn = [x for x in r.stderr.splitlines() if x.startswith("warning:")]
     assert len(warn) == 1 and "trained on at most 12" in warn[0]
     assert len(list(out.glob("*.cif"))) == 2
+
+
+def test_formats_repeatable_and_comma_separated(tmp_path, ckpt):
+    out = tmp_path / "f"
+    r = invoke("sample", "-f", "NaCl", "-n", 2, "--steps", STEPS, "--checkpoint", ckpt, "-o", out,
+               "--format", "cif,poscar", "--format", "extxyz", "-q")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    for suffix in (".cif", ".vasp", ".extxyz"):
+        assert len(list(out.glob(f"*{suffix}"))) == 2, suffix
+    # a bare --resume reuses the stored formats
+    r = invoke("sample", "--resume", "-o", out, "-q")
+    assert r.exit_code == 0 and "2 from the previous run" in r.stdout, r.output

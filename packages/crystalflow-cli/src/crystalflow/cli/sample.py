@@ -43,7 +43,7 @@ def run_request(command: str, values: dict[str, Any]) -> None:
     quiet = values.pop("quiet")
     out = Path(values["out"])
     values["conditions"] = values.get("conditions") or []
-    values["formats"] = tuple(values.get("formats") or ("cif",))
+    values["formats"] = tuple(values.get("formats") or ("cif",))  # comma lists: SampleRequest
     if command == "sample":
         only_resume = values["formula"] is None and values["from_csv"] is None
     else:
@@ -52,17 +52,19 @@ def run_request(command: str, values: dict[str, Any]) -> None:
         only_resume = values["resume"] and (out / "run.json").is_file()
     hint = f"finished structures are in {out}; complete the run with `crystalflow {command} --resume -o {out}`"
     with guarded(interrupted=hint):
-        if values["resume"] and only_resume:
+        request = sampling.SampleRequest.build(command, **values)  # formats normalised here
+        formats = request.formats
+        if request.resume and only_resume:
             prepared = sampling.prepare_resume(
-                out, device=values["device"], checkpoint=values["checkpoint"]
+                out, device=request.device, checkpoint=request.checkpoint
             )
-            values["formats"] = tuple((read_manifest(out) or {}).get("formats", values["formats"]))
+            formats = tuple((read_manifest(out) or {}).get("formats", formats))
         else:
-            prepared = sampling.prepare(sampling.SampleRequest.build(command, **values))
+            prepared = sampling.prepare(request)
         for line in prepared.warnings:
             typer.echo(f"warning: {line}", err=True)
         result = sampling.execute(
-            prepared, out, formats=values["formats"], resume=values["resume"], progress=not quiet
+            prepared, out, formats=formats, resume=request.resume, progress=not quiet
         )
     rows = result.rows
     kept = sum(1 for r in rows if r.get("kept", True))
