@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from crystalflow.sampling.plan import Job, group_batches_by_conditions, job_seed, plan_batches
 from crystalflow.sampling.postprocess import PostProcessor
 from crystalflow.sampling.request import PostProcessOptions, SamplingOptions
-from crystalflow.sampling.store import MemoryWriter, RunWriter
+from crystalflow.sampling.store import MemoryWriter
 from crystalflow.sampling.targets import Target, structure_ids
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -117,7 +117,7 @@ def run(
     options: SamplingOptions,
     *,
     device: str = "cpu",
-    writer: RunWriter | None = None,
+    writer: MemoryWriter | None = None,
     postprocess: PostProcessOptions | None = None,
     progress: Callable[[int, int, float], None] | None = None,
     warnings: Sequence[str] = (),
@@ -131,7 +131,7 @@ def run(
     options : SamplingOptions
     device : str
         Device the model is on.
-    writer : RunWriter, optional
+    writer : MemoryWriter or RunWriter, optional
         Where results go (files, resume). Default: memory only.
     postprocess : PostProcessOptions, optional
     progress : callable, optional

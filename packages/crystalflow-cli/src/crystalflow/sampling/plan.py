@@ -59,7 +59,7 @@ def group_batches_by_conditions(
     targets: Sequence[Target], batches: list[list[Job]]
 ) -> list[list[Job]]:
     """Split batches so that every batch has one set of condition names (all or none)."""
-    out = []
+    out: list[list[Job]] = []
     for b in batches:
         groups: dict[tuple[str, ...], list[Job]] = {}
         for j in b:

@@ -387,7 +387,7 @@ class RunWriter(MemoryWriter):
 
     # -- reading back
     def _load_parts(self, post: PostProcessor | None) -> set[int]:
-        done = set()
+        done: set[int] = set()
         if not self.parts_dir.is_dir():
             return done
         for f in sorted(self.parts_dir.glob("batch_*.npz")):
