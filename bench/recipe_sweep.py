@@ -32,7 +32,7 @@ from _common import REPO, crystalflow, machine, portable, run, today, write_json
 # name: (description, preset, overrides). Every run also gets the budget/schedule settings below.
 RECIPES: dict[str, tuple[str, str, list[str]]] = {
     "base": ("0.6 M (small preset): batch 64, lr 1e-3, uniform t, EMA 0.999", "small", []),
-    "wide2m": ("~2.2 M: hidden 256, 4 layers", "small", ["model.hidden=256"]),
+    "wide2m": ("~2.0 M: hidden 256, 4 layers", "small", ["model.hidden=256"]),
     "deep2m": (
         "~1.9 M: hidden 192, 6 layers",
         "small",
