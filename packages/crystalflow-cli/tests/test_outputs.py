@@ -163,11 +163,15 @@ def test_resume_with_other_options_is_refused(tmp_path):
         sampling.execute(prepared(m, formula="NaCl", n=5, batch_size=2), out, resume=True)
 
 
-def test_a_new_run_replaces_the_previous_one(tmp_path):
+def test_a_new_run_replaces_the_previous_one_only_with_overwrite(tmp_path):
     m = tiny_model()
     out = tmp_path / "o"
     sampling.execute(prepared(m, formula="NaCl", n=3), out)
-    sampling.execute(prepared(m, formula="SrTiO3", n=2), out)
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(OutputError, match="holds a previous run.*--overwrite"):
+        sampling.execute(prepared(m, formula="SrTiO3", n=2), out)
+    assert sorted(p.name for p in out.iterdir()) == before  # nothing lost
+    sampling.execute(prepared(m, formula="SrTiO3", n=2), out, overwrite=True)
     cifs = sorted(p.name for p in out.glob("*.cif"))
     assert cifs == ["Sr1Ti1O3_000.cif", "Sr1Ti1O3_001.cif"]
 

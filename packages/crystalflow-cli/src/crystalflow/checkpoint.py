@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from importlib import resources
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -34,7 +35,7 @@ from xtal_repr.fileio import atomic_path, atomic_write_text  # atomic_write_text
 
 from crystalflow.config import ModelConfig
 from crystalflow.errors import CheckpointError
-from crystalflow.model import CrystalFlow, ModelCard
+from crystalflow.model import CrystalFlow, ModelCard, build_network
 
 __all__ = [
     "MODEL_FORMAT",
@@ -153,8 +154,14 @@ def save_model(
     info : dict, optional
         Provenance (step, epoch, val_loss, weights="ema"|"raw", data sources,
         ``condition_ranges``...); default the model card's.
+
+    Raises
+    ------
+    CheckpointError
+        A weight is NaN or inf (nothing is written: such a file could not be used).
     """
     sd = state_dict if state_dict is not None else model.net.state_dict()
+    _check_finite(path, sd, writing=True)
     return _write_safetensors(path, dict(sd), model_metadata(model, info))
 
 
@@ -187,6 +194,13 @@ def model_from_file(path: str | Path, device: str | torch.device = "cpu") -> Cry
             info=info,
             versions=meta.get("versions", {}),
         )
+        # the stored config is checked against the file's tensor shapes on the meta device
+        # (no memory) before the network is built: a tiny file claiming a huge network is refused
+        with torch.device("meta"):
+            skeleton = build_network(config)
+        _check_shapes(path, skeleton.state_dict(), tensors)
+        del skeleton
+        _check_finite(path, tensors)
         model = CrystalFlow(config, card=card)
     except (KeyError, ValidationError, ValueError, TypeError, IndexError) as exc:
         first = str(exc).strip().splitlines()[0]
@@ -199,6 +213,40 @@ def model_from_file(path: str | Path, device: str | torch.device = "cpu") -> Cry
             f"model file {path}: weights do not fit the stored config ({first})"
         ) from None
     return model.to(device).eval()
+
+
+def _check_shapes(
+    path: str | Path, expected: Mapping[str, Tensor], tensors: Mapping[str, Tensor]
+) -> None:
+    """The file's tensors must be exactly the network's (names and shapes) that its config builds."""
+    missing = [k for k in expected if k not in tensors]
+    extra = [k for k in tensors if k not in expected]
+    if missing or extra:
+        what = f"missing {missing[0]!r}" if missing else f"unexpected {extra[0]!r}"
+        raise CheckpointError(
+            f"model file {path}: weights do not fit the stored config ({what}; "
+            f"{len(missing)} missing, {len(extra)} unexpected tensors)"
+        )
+    for k, v in expected.items():
+        if tuple(tensors[k].shape) != tuple(v.shape):
+            raise CheckpointError(
+                f"model file {path}: weights do not fit the stored config (tensor {k!r} has shape "
+                f"{tuple(tensors[k].shape)}, the config says {tuple(v.shape)})"
+            )
+
+
+def _check_finite(path: str | Path, tensors: Mapping[str, Tensor], writing: bool = False) -> None:
+    for k, v in tensors.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            if writing:
+                raise CheckpointError(
+                    f"model file {path}: not written, the weights are non-finite (NaN or inf in "
+                    f"{k!r})"
+                )
+            raise CheckpointError(
+                f"model file {path}: holds non-finite weights (NaN or inf in {k!r}); it cannot be "
+                "used (a diverged training run?)"
+            )
 
 
 def default_model_path() -> Path | None:

@@ -121,6 +121,26 @@ class SampleBatch:
         ]
 
 
+def build_network(config: ModelConfig) -> PeriodicGNN:
+    """The velocity network a model config describes (the paper's CSPNet layout)."""
+    dng = config.mode == "dng"
+    return PeriodicGNN(
+        hidden=config.hidden,
+        num_layers=config.num_layers,
+        time_dim=config.time_dim,
+        num_freqs=config.num_freqs,
+        num_millers=config.num_millers,
+        lattice_dim=6,
+        atom_input="vector" if dng else "embedding",
+        num_atom_types=CSP_MAX_Z,
+        type_dim=28,
+        n_cond=len(config.conditions),
+        cond_basis=config.cond_basis,
+        null_cond=config.null_cond,
+        type_out_dim=28 if dng else None,
+    )
+
+
 class CrystalFlow(nn.Module):
     """The CrystalFlow model (CSP or DNG, optionally conditional).
 
@@ -159,21 +179,7 @@ class CrystalFlow(nn.Module):
             config, normalizer, num_atoms_hist, elements
         )  # fmt: skip
         dng = config.mode == "dng"
-        self.net = PeriodicGNN(
-            hidden=config.hidden,
-            num_layers=config.num_layers,
-            time_dim=config.time_dim,
-            num_freqs=config.num_freqs,
-            num_millers=config.num_millers,
-            lattice_dim=6,
-            atom_input="vector" if dng else "embedding",
-            num_atom_types=CSP_MAX_Z,
-            type_dim=28,
-            n_cond=len(config.conditions),
-            cond_basis=config.cond_basis,
-            null_cond=config.null_cond,
-            type_out_dim=28 if dng else None,
-        )
+        self.net = build_network(config)
         comps = {
             "k": ComponentSpec(
                 Euclidean(),

@@ -105,6 +105,14 @@ RESUME_OPT = Annotated[
         rich_help_panel=_OUTPUT,
     ),
 ]
+OVERWRITE_OPT = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite",
+        help="Replace a previous run in --out (otherwise a folder holding one is refused).",
+        rich_help_panel=_OUTPUT,
+    ),
+]
 QUIET_OPT = Annotated[
     bool, typer.Option("--quiet", "-q", help="No progress bar.", rich_help_panel=_OUTPUT)
 ]
@@ -214,6 +222,7 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
     "relax": (RELAX_OPT, False),
     "symprec": (SYMPREC_OPT, 0.1),
     "resume": (RESUME_OPT, False),
+    "overwrite": (OVERWRITE_OPT, False),
     "quiet": (QUIET_OPT, False),
     "allow_larger": (ALLOW_LARGER_OPT, False),
 }

@@ -21,8 +21,8 @@ __all__ = ["register", "run_request"]
 SAMPLE_OPTIONS = [
     "formula", "from_csv", "num_atoms", "formula_units", "n", "out", "pressure", "conditions",
     "guidance", "steps", "solver", "anti_annealing", "seed", "device", "batch_size", "checkpoint",
-    "formats", "drop_closer_than", "symmetrize", "dedup", "relax", "symprec", "resume", "quiet",
-    "allow_larger",
+    "formats", "drop_closer_than", "symmetrize", "dedup", "relax", "symprec", "resume", "overwrite",
+    "quiet", "allow_larger",
 ]  # fmt: skip
 #: generate: the same options less the CSP-only ones
 GENERATE_OPTIONS = [
@@ -56,7 +56,7 @@ def run_request(command: str, values: dict[str, Any]) -> None:
         formats = request.formats
         if request.resume and only_resume:
             prepared = sampling.prepare_resume(
-                out, device=request.device, checkpoint=request.checkpoint
+                out, device=request.device, checkpoint=request.checkpoint, command=command
             )
             formats = tuple((read_manifest(out) or {}).get("formats", formats))
         else:
@@ -64,7 +64,12 @@ def run_request(command: str, values: dict[str, Any]) -> None:
         for line in prepared.warnings:
             typer.echo(f"warning: {line}", err=True)
         result = sampling.execute(
-            prepared, out, formats=formats, resume=request.resume, progress=not quiet
+            prepared,
+            out,
+            formats=formats,
+            resume=request.resume,
+            overwrite=request.overwrite,
+            progress=not quiet,
         )
     rows = result.rows
     kept = sum(1 for r in rows if r.get("kept", True))

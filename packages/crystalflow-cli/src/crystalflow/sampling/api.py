@@ -23,10 +23,12 @@ from crystalflow.formula import cell_composition
 from crystalflow.sampling.checks import check_targets, resolve_condition_names
 from crystalflow.sampling.engine import RunResult, run
 from crystalflow.sampling.request import (
+    MAX_STRUCTURES,
     PostProcessOptions,
     SampleRequest,
     SamplingOptions,
     _positive,
+    check_sizes,
     parse_formula_units,
 )
 from crystalflow.sampling.store import RunWriter, read_manifest
@@ -206,6 +208,9 @@ def prepare(
     r = request
     # cheap checks first (no torch import): a bad formula or -n fails fast
     _positive(r.n, "-n")
+    if r.num_atoms is not None:
+        _positive(r.num_atoms, "--num-atoms")
+    check_sizes(n=r.n, num_atoms=r.num_atoms, steps=r.steps)
     conds = r.condition_values()
     formula, from_csv = r.formula, r.from_csv
     if r.command == "sample":
@@ -267,6 +272,15 @@ def prepare(
             )
         targets = [dng_target(r.n, hist, r.seed, conds, r.num_atoms)]
     assert targets is not None
+    total = sum(t.count for t in targets)
+    if total > MAX_STRUCTURES:
+        raise SamplingError(
+            f"{total:,} structures requested in all: at most {MAX_STRUCTURES:,} per run (split the "
+            "targets or lower -n / the per-row counts)"
+        )
+    for t in targets:
+        if t.atomic_numbers is not None:
+            check_sizes(num_atoms=len(t.atomic_numbers))
     checked, warns = check_targets(
         model, list(targets), options_, mode="csp" if r.command == "sample" else "dng"
     )
@@ -285,11 +299,24 @@ def prepare_resume(
     device: str | None = "auto",
     checkpoint: str | os.PathLike[str] | None = None,
     model: CrystalFlow | None = None,
+    command: str | None = None,
 ) -> Prepared:
-    """Rebuild the request stored in ``out_dir/run.json`` (for ``--resume`` without options)."""
+    """Rebuild the request stored in ``out_dir/run.json`` (for ``--resume`` without options).
+
+    ``command`` (``sample``/``generate``): the command resuming it; a run made by the other one is
+    refused in one line naming the right command.
+    """
     m = read_manifest(out_dir)
     if m is None:
         raise OutputError(f"--resume: {out_dir} holds no run to resume (no run.json)")
+    made = m.get("command")
+    if made not in ("sample", "generate"):
+        raise OutputError(f"--resume: {out_dir}/run.json names no crystalflow command")
+    if command is not None and made != command:
+        raise OutputError(
+            f"--resume: {out_dir} holds a `crystalflow {made}` run, not a `{command}` run; "
+            f"complete it with `crystalflow {made} --resume -o {out_dir}`"
+        )
     dev = resolve_device(device)
     if model is None:
         stored = m.get("checkpoint", "")
@@ -317,12 +344,14 @@ def execute(
     *,
     formats: Sequence[str] = ("cif",),
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool | Callable[[int, int, float], None] = False,
     assemble_every: float = 30.0,
 ) -> RunResult:
     """Run a prepared request, writing into ``out`` when given (see
     :mod:`crystalflow.sampling.store`); ``progress``: a bar, or a ``progress(done, total, rate)``
-    callable."""
+    callable; ``overwrite``: replace a previous run in ``out`` (otherwise refused unless
+    ``resume``)."""
     from crystalflow.progress import ProgressBar
 
     writer = None
@@ -334,6 +363,7 @@ def execute(
             resume=resume,
             candidates=prepared.command == "sample",
             assemble_every=assemble_every,
+            overwrite=overwrite,
         )
     bar = ProgressBar(enabled=bool(progress) and not callable(progress))
     bar.description = "sampling" if prepared.command == "sample" else "generating"
@@ -359,6 +389,7 @@ def _run_request(request: SampleRequest, model: CrystalFlow | None) -> list[Stru
         request.out,
         formats=request.formats,
         resume=request.resume,
+        overwrite=request.overwrite,
         progress=request.progress,
     )
     return result.structures
@@ -377,7 +408,7 @@ def sample(
     (``from_csv``, ``num_atoms``, ``formula_units``, ``pressure``, ``conditions``, ``steps``,
     ``solver``, ``anti_annealing``, ``guidance``, ``seed``, ``device``, ``batch_size``,
     ``checkpoint``, ``allow_larger``, ``drop_closer_than``, ``symmetrize``, ``dedup``, ``relax``,
-    ``symprec``, ``out``, ``formats``, ``resume``, ``progress``); an unknown name is an error.
+    ``symprec``, ``out``, ``formats``, ``resume``, ``overwrite``, ``progress``); an unknown name is an error.
     A :class:`SampleRequest` may be passed instead of the formula.
 
     Parameters

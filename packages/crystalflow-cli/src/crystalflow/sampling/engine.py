@@ -212,6 +212,10 @@ def run(
                     log.exception("writing the last batch failed")
         finally:
             pool.shutdown(wait=True)
-            writer.close(complete=done == total, warnings=list(warnings))
+            writer.close(
+                complete=done == total,
+                warnings=list(warnings),
+                seconds=time.perf_counter() - t0,
+            )
     structures, rows = writer.results()
     return RunResult(structures, rows, list(warnings), time.perf_counter() - t0, sampled)

@@ -32,6 +32,7 @@ __all__ = [
     "PostProcessOptions",
     "SampleRequest",
     "SamplingOptions",
+    "check_sizes",
     "parse_conditions",
     "parse_formula_units",
 ]
@@ -43,6 +44,39 @@ DEFAULT_BATCH_ATOMS = {"cpu": 2048, "cuda": 65536}
 #: spglib tolerances used for the summary's space group (Angstrom, degrees)
 DEFAULT_SYMPREC = 0.1
 DEFAULT_ANGLE_TOLERANCE = 5.0
+#: limits that refuse absurd requests up front (instead of a MemoryError after minutes):
+#: structures in one request (split larger jobs into several runs with different seeds),
+MAX_STRUCTURES = 1_000_000
+#: atoms in one cell (the network is fully connected within a cell: memory grows as N^2),
+MAX_CELL_ATOMS = 500
+#: and ODE steps (the paper uses 100; fixed-step errors stop improving long before this)
+MAX_STEPS = 10_000
+
+
+def check_sizes(
+    n: int | None = None, num_atoms: int | None = None, steps: int | None = None
+) -> None:
+    """Refuse sizes above :data:`MAX_STRUCTURES`, :data:`MAX_CELL_ATOMS`, :data:`MAX_STEPS`.
+
+    Raises
+    ------
+    SamplingError
+        Naming the option and the limit.
+    """
+    if n is not None and n > MAX_STRUCTURES:
+        raise SamplingError(
+            f"-n {n}: at most {MAX_STRUCTURES:,} structures per run (split the job into several "
+            "runs with different --seed values)"
+        )
+    if num_atoms is not None and num_atoms > MAX_CELL_ATOMS:
+        raise SamplingError(
+            f"--num-atoms {num_atoms}: at most {MAX_CELL_ATOMS} atoms per cell (the network is "
+            "fully connected within a cell, so memory grows as the square of the atom count)"
+        )
+    if steps is not None and steps > MAX_STEPS:
+        raise SamplingError(
+            f"--steps {steps}: at most {MAX_STEPS:,} ODE steps (the paper uses 100)"
+        )
 
 
 def _positive(value: int, option: str) -> int:
@@ -156,6 +190,7 @@ class SamplingOptions:
         from flowcore.solvers import METHODS
 
         _positive(self.steps, "--steps")
+        check_sizes(steps=self.steps)
         if self.solver not in METHODS:
             raise SamplingError(f"--solver {self.solver!r}: expected one of {', '.join(METHODS)}")
         if self.anti_annealing is not None and not (
@@ -253,6 +288,9 @@ class SampleRequest:
         Structure files to write: ``cif``, ``poscar``, ``extxyz``.
     resume : bool
         Complete an interrupted run in ``out``.
+    overwrite : bool
+        Replace a previous run in ``out`` (without it, and without ``resume``, a folder holding a
+        run is refused so that nothing is lost by accident).
     progress : bool
         Show a progress bar.
     """
@@ -282,6 +320,7 @@ class SampleRequest:
     out: str | os.PathLike[str] | None = None
     formats: tuple[str, ...] = ("cif",)
     resume: bool = False
+    overwrite: bool = False
     progress: bool = False
 
     @classmethod

@@ -42,7 +42,7 @@ import numpy as np
 from xtal_repr.fileio import atomic_write_bytes, atomic_write_text
 
 from crystalflow.errors import OutputError
-from crystalflow.sampling.targets import Target
+from crystalflow.sampling.targets import Target, is_safe_id
 from crystalflow.sampling.views import (
     FORMATS,
     canon,
@@ -76,6 +76,8 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "run.json"
 PARTS = ".parts"
+#: lock file of a folder being written (held with an OS lock while a writer has it open)
+LOCK = ".lock"
 #: manifest fields that must agree for --resume
 RESUME_KEYS = (
     "command",
@@ -167,8 +169,9 @@ class MemoryWriter:
         """Store one finished batch (``records``: (job, raw structure, processed) per crystal)."""
         self.parts[index] = self._make_part(records, out)
 
-    def close(self, complete: bool, warnings: Sequence[str] = ()) -> None:
-        """End of the run (``complete``: every batch done)."""
+    def close(self, complete: bool, warnings: Sequence[str] = (), seconds: float = 0.0) -> None:
+        """End of the run (``complete``: every batch done; ``seconds``: wall time of this call's
+        sampling loop)."""
 
     def results(self) -> tuple[list[Structure], list[dict[str, Any]]]:
         """(kept final structures, all summary rows), both in (target, candidate) order."""
@@ -270,6 +273,12 @@ class RunWriter(MemoryWriter):
         Write ``candidates.csv`` (CSP runs).
     assemble_every : float
         Seconds between rebuilds of the summary/npz/candidates views during a run.
+    overwrite : bool
+        Replace a previous run found in ``out_dir`` (without it, and without ``resume``, a folder
+        holding a run is refused).
+
+    While open, the writer holds an exclusive lock on ``out_dir/.lock``: a second process writing
+    into the same folder (e.g. a concurrent ``--resume``) stops with one line.
     """
 
     def __init__(
@@ -280,6 +289,7 @@ class RunWriter(MemoryWriter):
         resume: bool = False,
         candidates: bool = True,
         assemble_every: float = 30.0,
+        overwrite: bool = False,
     ) -> None:
         super().__init__()
         bad = [f for f in formats if f not in FORMATS]
@@ -298,7 +308,10 @@ class RunWriter(MemoryWriter):
         self.manifest = {**manifest, "formats": list(dict.fromkeys(formats))}
         self.formats = self.manifest["formats"]
         self.resume = resume
+        self.overwrite = overwrite
         self.candidates = candidates
+        self._lock: FolderLock | None = None
+        self._seconds_before = 0.0
         self.assemble_every = assemble_every
         self._last_assembly = 0.0
         self._complete_on_disk = False
@@ -315,25 +328,53 @@ class RunWriter(MemoryWriter):
         post: PostProcessor | None = None,
     ) -> set[int]:
         super().open(targets, ids, num_batches, post)
-        check_output_dir(self.out_dir)
-        self.manifest.update(targets=[t.to_dict() for t in targets], num_batches=num_batches)
         old = read_manifest(self.out_dir)
+        if old is not None and not (self.resume or self.overwrite):
+            raise OutputError(
+                f"-o {self.out_dir}: holds a previous run (run.json); pass --resume to complete it "
+                "or --overwrite to replace it"
+            )
+        check_output_dir(self.out_dir)
+        self._lock = FolderLock(self.out_dir / LOCK)
+        try:
+            return self._open_locked(old, targets, num_batches, post)
+        except BaseException:
+            self._unlock()
+            raise
+
+    def _open_locked(
+        self,
+        old: dict[str, Any] | None,
+        targets: Sequence[Target],
+        num_batches: int,
+        post: PostProcessor | None,
+    ) -> set[int]:
+        self.manifest.update(targets=[t.to_dict() for t in targets], num_batches=num_batches)
         self._remove_stale_temporaries()
         done: set[int] = set()
         if old is not None and self.resume:
             for key in RESUME_KEYS:
                 if canon(old.get(key)) != canon(self.manifest.get(key)):
+                    if key == "command":
+                        made = old.get("command")
+                        raise OutputError(
+                            f"--resume: {self.out_dir} holds a `crystalflow {made}` run; complete it "
+                            f"with `crystalflow {made} --resume -o {self.out_dir}`"
+                        )
                     raise OutputError(
                         f"--resume: {self.out_dir} was sampled with a different {key!r}; resume needs "
-                        "the same request (run `crystalflow sample --resume -o DIR` alone to reuse it)"
+                        f"the same request (run `crystalflow {old.get('command', 'sample')} --resume "
+                        f"-o {self.out_dir}` alone to reuse it)"
                     )
+            self._seconds_before = float(old.get("sampling_seconds") or 0.0)
             if old.get("complete"):
                 self._load_complete()
+                self._unlock()
                 return set(range(num_batches))
             done = self._load_parts(post)
             log.info("resuming %s: %d of %d batches done", self.out_dir, len(done), num_batches)
         elif old is not None:
-            log.warning("replacing the previous run in %s", self.out_dir)
+            log.warning("replacing the previous run in %s (--overwrite)", self.out_dir)
             self._remove_previous()
         self.manifest["complete"] = False
         self.manifest.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
@@ -363,6 +404,8 @@ class RunWriter(MemoryWriter):
         files = []
         s = None
         for fmt in self.formats:
+            if not is_safe_id(row.get("id")):
+                raise OutputError(f"refusing to write a structure with the id {row.get('id')!r}")
             name = row["id"] + FORMATS[fmt]
             files.append(name)
             if only_missing and (self.out_dir / name).is_file():
@@ -375,21 +418,33 @@ class RunWriter(MemoryWriter):
             atomic_write_text(self.out_dir / name, text, fsync=False)
         return files[0]
 
-    def close(self, complete: bool, warnings: Sequence[str] = ()) -> None:
-        if not self.out_dir.is_dir() or self._complete_on_disk:
-            return
-        self.manifest["warnings"] = list(warnings)
-        self.manifest["complete"] = bool(complete)
-        self._assemble()
-        atomic_write_text(self.out_dir / MANIFEST, json.dumps(self.manifest, indent=1) + "\n")
-        if complete and self.parts_dir.is_dir():
-            shutil.rmtree(self.parts_dir)
+    def close(self, complete: bool, warnings: Sequence[str] = (), seconds: float = 0.0) -> None:
+        try:
+            if not self.out_dir.is_dir() or self._complete_on_disk:
+                return
+            self.manifest["warnings"] = list(warnings)
+            self.manifest["complete"] = bool(complete)
+            # wall time of the sampling loops (summed over resumes): `evaluate` reports time per
+            # valid / stable / S.U.N. structure from it
+            self.manifest["sampling_seconds"] = round(self._seconds_before + float(seconds), 3)
+            self._assemble()
+            atomic_write_text(self.out_dir / MANIFEST, json.dumps(self.manifest, indent=1) + "\n")
+            if complete and self.parts_dir.is_dir():
+                shutil.rmtree(self.parts_dir)
+        finally:
+            self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     # -- reading back
     def _load_parts(self, post: PostProcessor | None) -> set[int]:
         done: set[int] = set()
         if not self.parts_dir.is_dir():
             return done
+        expected = self._expected_ids()
         for f in sorted(self.parts_dir.glob("batch_*.npz")):
             try:
                 index = int(f.stem.split("_")[1])
@@ -400,6 +455,15 @@ class RunWriter(MemoryWriter):
                 log.warning("ignoring unreadable part %s (%s); it will be sampled again", f, exc)
                 continue
             if index >= self.num_batches:
+                continue
+            bad = self._foreign_ids(part, expected)
+            if bad is not None:
+                log.warning(
+                    "ignoring part %s: it holds the id %r, which this run does not produce; "
+                    "the batch will be sampled again",
+                    f,
+                    bad,
+                )
                 continue
             # files lost after the part was written (e.g. a power cut before the page cache
             # reached the disk) are written again from the part
@@ -415,6 +479,24 @@ class RunWriter(MemoryWriter):
                     )
         return done
 
+    def _foreign_ids(self, part: dict[str, Any], expected: set[str]) -> str | None:
+        """The first row id of ``part`` that is not a structure id of this run (or ``None``).
+
+        Ids read back from disk name files, so they are checked like ids from the user: a
+        planted ``../x`` or absolute path is refused, never written to.
+        """
+        rows = part.get("rows")
+        if not isinstance(rows, list) or not isinstance(part.get("finals"), list):
+            return "(malformed part)"
+        for row in rows:
+            rid = row.get("id") if isinstance(row, dict) else None
+            if not is_safe_id(rid) or rid not in expected:
+                return str(rid)
+        return None
+
+    def _expected_ids(self) -> set[str]:
+        return {i for t_ids in self.ids for i in t_ids}
+
     def _target_index(self, row: dict[str, Any]) -> int:
         for i, t_ids in enumerate(self.ids):
             if row["id"] in t_ids:
@@ -425,6 +507,14 @@ class RunWriter(MemoryWriter):
         """Read a complete run back from summary.json and samples.npz (nothing to sample)."""
         summary = json.loads((self.out_dir / "summary.json").read_text(encoding="utf-8"))
         rows = summary["structures"]
+        expected = self._expected_ids()
+        for r in rows:
+            if not isinstance(r, dict) or r.get("id") not in expected:
+                raise OutputError(
+                    f"--resume: {self.out_dir / 'summary.json'} holds the id "
+                    f"{r.get('id') if isinstance(r, dict) else r!r}, which this run does not "
+                    "produce; sample into a new folder"
+                )
         with np.load(self.out_dir / "samples.npz", allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
         offs = np.concatenate([[0], np.cumsum(arrays["final_num_atoms"])])
@@ -464,8 +554,9 @@ class RunWriter(MemoryWriter):
             try:
                 rows = json.loads(summary.read_text(encoding="utf-8")).get("structures", [])
                 for r in rows:
-                    stem = str(r.get("id", ""))
-                    names.update(stem + suffix for suffix in FORMATS.values())
+                    stem = r.get("id", "")
+                    if is_safe_id(stem):  # never follow a planted path
+                        names.update(stem + suffix for suffix in FORMATS.values())
             except (OSError, ValueError):
                 pass
         if self.parts_dir.is_dir():
@@ -473,7 +564,8 @@ class RunWriter(MemoryWriter):
                 try:
                     with np.load(f, allow_pickle=False) as z:
                         for r in json.loads(str(z["json"]))["rows"]:
-                            names.update(str(r["id"]) + s for s in FORMATS.values())
+                            if is_safe_id(r.get("id")):
+                                names.update(r["id"] + s for s in FORMATS.values())
                 except (OSError, ValueError, KeyError):
                     pass
             shutil.rmtree(self.parts_dir)
@@ -506,3 +598,55 @@ class RunWriter(MemoryWriter):
             for _, _, row, _, cif in items:
                 w.writerow([row["target_id"], cif])
             atomic_write_text(self.out_dir / "candidates.csv", buf.getvalue())
+
+
+class FolderLock:
+    """An exclusive, non-blocking OS lock on ``path`` (created if needed), released on
+    :meth:`release` or when the process ends (also on kill -9).
+
+    Raises
+    ------
+    OutputError
+        Another process holds the lock.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            _lock_fd(self._fd)
+        except OSError:
+            os.close(self._fd)
+            self._fd = None
+            raise OutputError(
+                f"-o {path.parent}: another crystalflow process is writing into this folder; "
+                "wait for it to finish (or stop it) and run again"
+            ) from None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            try:
+                _unlock_fd(self._fd)
+            finally:
+                os.close(self._fd)
+                self._fd = None
+
+
+if os.name == "nt":  # pragma: no cover - exercised on Windows only
+    import msvcrt
+
+    def _lock_fd(fd: int) -> None:
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+
+    def _unlock_fd(fd: int) -> None:
+        os.lseek(fd, 0, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+
+else:
+    import fcntl
+
+    def _lock_fd(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def _unlock_fd(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_UN)

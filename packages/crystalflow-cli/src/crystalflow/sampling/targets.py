@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -18,12 +19,13 @@ import numpy as np
 
 from crystalflow.errors import FormulaError, SamplingError
 from crystalflow.formula import cell_composition
-from crystalflow.sampling.request import COUNT_COLUMNS, _positive
+from crystalflow.sampling.request import COUNT_COLUMNS, MAX_CELL_ATOMS, MAX_STRUCTURES, _positive
 
 __all__ = [
     "Target",
     "dng_target",
     "formula_target",
+    "is_safe_id",
     "safe_id",
     "structure_ids",
     "targets_from_csv",
@@ -117,6 +119,12 @@ def formula_target(
     """
     n = _positive(n, "-n")
     cell = cell_composition(formula, num_atoms=num_atoms, formula_units=formula_units)
+    if cell.num_atoms > MAX_CELL_ATOMS:
+        size = f"--formula-units {formula_units}: " if formula_units is not None else ""
+        raise SamplingError(
+            f"{size}{cell.formula} has {cell.num_atoms} atoms per cell, above the limit of "
+            f"{MAX_CELL_ATOMS} (the network is fully connected within a cell)"
+        )
     return Target(
         id=id or cell.formula,
         atomic_numbers=tuple(cell.atomic_numbers),
@@ -171,10 +179,38 @@ def dng_target(
     )
 
 
+#: longest id stem kept as is; longer ones are cut and get a hash of the full text, so file names
+#: (``<stem>_<candidate>.extxyz`` and their ``.<name>.<pid>.tmp`` temporaries) stay far below the
+#: usual 255-byte limit
+MAX_ID_LENGTH = 96
+
+
 def safe_id(text: str) -> str:
-    """``text`` as a file-name stem: letters, digits, ``-_.``; others become ``_``."""
-    out = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text.strip())
-    return out.strip(".") or "target"
+    """``text`` as a file-name stem: ASCII letters, digits, ``-_.``; others become ``_``.
+
+    Stems longer than :data:`MAX_ID_LENGTH` are cut and end in ``-`` plus 10 hex digits of the
+    SHA-1 of ``text``, so different long ids stay different.
+    """
+    out = "".join(
+        ch if (ch.isascii() and ch.isalnum()) or ch in "-_." else "_" for ch in text.strip()
+    )
+    out = out.strip(".") or "target"
+    if len(out) > MAX_ID_LENGTH:
+        digest = hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+        out = out[: MAX_ID_LENGTH - 11].rstrip(".") + "-" + digest
+    return out
+
+
+def is_safe_id(text: object) -> bool:
+    """Whether ``text`` is a plain file stem as :func:`safe_id` and :func:`structure_ids` make them:
+    ASCII letters, digits and ``-_.`` only, not starting with a dot, not too long. Ids read back
+    from files are checked with it before they name a file."""
+    return (
+        isinstance(text, str)
+        and 0 < len(text) <= MAX_ID_LENGTH + 32
+        and not text.startswith(".")
+        and all(ch.isascii() and (ch.isalnum() or ch in "-_.") for ch in text)
+    )
 
 
 def targets_from_csv(
@@ -246,6 +282,11 @@ def targets_from_csv(
                 c[col] = v
         rows_cond.append(c)
         k = number(i, count_col, r.get(count_col), integer=True) if count_col else None
+        if k is not None and k > MAX_STRUCTURES:
+            raise SamplingError(
+                f"--from-csv {p}: row {i}, column {count_col!r}: {int(k)} is above the limit of "
+                f"{MAX_STRUCTURES:,} structures per run"
+            )
         counts.append(int(k) if k is not None else n)
 
     id_col = "material_id" if "material_id" in header else ("id" if "id" in header else None)
@@ -280,6 +321,11 @@ def targets_from_csv(
                 )
             except FormulaError as exc:
                 raise SamplingError(f"--from-csv {p}: row {i}: {exc}") from None
+            if cell.num_atoms > MAX_CELL_ATOMS:
+                raise SamplingError(
+                    f"--from-csv {p}: row {i}: {cell.num_atoms} atoms per cell, above the limit "
+                    f"of {MAX_CELL_ATOMS}"
+                )
             compositions.append(tuple(cell.atomic_numbers))
             ident = (r.get(id_col) or "").strip() if id_col else ""
             ids.append(ident or cell.formula)
@@ -290,15 +336,22 @@ def targets_from_csv(
 
 
 def structure_ids(targets: Sequence[Target]) -> list[list[str]]:
-    """File-safe, unique structure ids ``<target>_<candidate>`` (zero-padded), per target."""
+    """File-safe, unique structure ids ``<target>_<candidate>`` (zero-padded), per target.
+
+    Targets whose ids give the same stem (repeated ids, ids differing only in characters that
+    :func:`safe_id` replaces, or an id such as ``x-2`` next to two ``x``) get ``-2``, ``-3``, ...
+    until the stem is unused, so every structure id is unique. All candidate numbers have the same
+    width, so ids of different stems cannot collide either.
+    """
     width = max(3, len(str(max(t.count for t in targets) - 1)))
-    seen: dict[str, int] = {}
+    used: set[str] = set()
     out = []
     for t in targets:
-        base = safe_id(t.id)
-        k = seen.get(base, 0)
-        seen[base] = k + 1
-        if k:
-            base = f"{base}-{k + 1}"
-        out.append([f"{base}_{c:0{width}d}" for c in range(t.count)])
+        stem = base = safe_id(t.id)
+        k = 1
+        while stem in used:
+            k += 1
+            stem = f"{base}-{k}"
+        used.add(stem)
+        out.append([f"{stem}_{c:0{width}d}" for c in range(t.count)])
     return out

@@ -1,0 +1,238 @@
+"""Hostile input and faults (issue: what a new user hits in the first hour).
+
+One case per test or per parameter line; each failed before its fix. Bad input must give one line
+on stderr naming the input (``error: ...``), no traceback, and lose nothing already produced.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from crystalflow import sampling
+from crystalflow.checkpoint import model_from_file, read_safetensors, save_model
+from crystalflow.errors import CheckpointError, OutputError, SamplingError
+from crystalflow.sampling.store import LOCK, PARTS, FolderLock, RunWriter
+from crystalflow.sampling.targets import MAX_ID_LENGTH, Target, structure_ids
+from crystalflow.sampling.views import npz_bytes
+from safetensors.torch import save_file
+from test_cli_sample import assert_one_line_error, invoke
+from test_outputs import interrupt_after, prepared
+from test_sampling import STEPS, save_tiny, tiny_model
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return save_tiny(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
+
+
+def _files_under(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*") if p.is_file()}
+
+
+# -------------------------------------------------------------------------- ids read back
+@pytest.mark.parametrize("planted", ["../../escaped", "/tmp/crystalflow-escaped-abs", "sub/x"])
+def test_resume_never_writes_a_planted_id(tmp_path, planted):
+    m = tiny_model()
+    out = tmp_path / "deep" / "run"
+    with pytest.raises(KeyboardInterrupt):
+        sampling.execute(
+            prepared(m, formula="NaCl", n=4, batch_size=2), out, progress=interrupt_after(1)
+        )
+    parts = sorted((out / PARTS).glob("batch_*.npz"))
+    assert parts
+    with np.load(parts[0], allow_pickle=False) as z:
+        blob = {k: z[k] for k in z.files}
+    body = json.loads(str(blob["json"]))
+    body["rows"][0]["id"] = planted
+    body["cifs"][0] = "planted content"
+    blob["json"] = np.array(json.dumps(body))
+    parts[0].write_bytes(npz_bytes(blob))
+    for p in out.glob("*.cif"):  # the lost file would be "rewritten from the part"
+        p.unlink()
+    before = _files_under(tmp_path)
+    res = sampling.execute(prepared(m, formula="NaCl", n=4, batch_size=2), out, resume=True)
+    assert [r["id"] for r in res.rows] == [f"Na1Cl1_{i:03d}" for i in range(4)]
+    new = _files_under(tmp_path) - before
+    assert all(p.parent == out for p in new), new
+    assert not Path("/tmp/crystalflow-escaped-abs.cif").exists()
+    assert not (tmp_path / "escaped.cif").exists()
+    assert all("planted content" not in p.read_text() for p in out.glob("*.cif"))
+
+
+def test_writer_refuses_an_unsafe_id(tmp_path):
+    w = RunWriter(tmp_path / "o", {"command": "sample"})
+    with pytest.raises(OutputError, match="refusing to write"):
+        w._write_structure_files({"id": "../x", "kept": True}, {}, "cif text")
+
+
+# ----------------------------------------------------------------------------- unique ids
+@pytest.mark.parametrize(
+    "ids",
+    [
+        ["x", "x", "x-2"],
+        ["x-2", "x", "x"],
+        ["a b", "a_b", "a/b"],
+        ["Fe2O3", "Fe2O3", "Fe2O3", "Fe2O3-2", "Fe2O3-3"],
+        ["é", "_", "target", ""],
+    ],
+)
+def test_structure_ids_are_always_unique(ids):
+    targets = [Target(i or "?", (11, 17), 2) for i in ids]
+    out = [s for t_ids in structure_ids(targets) for s in t_ids]
+    assert len(set(out)) == len(out), out
+
+
+def test_long_ids_are_shortened_and_stay_distinct(tmp_path):
+    a, b = "L" * 300, "L" * 299 + "M"
+    ids = structure_ids([Target(a, (11, 17), 1), Target(b, (11, 17), 1)])
+    assert ids[0][0] != ids[1][0]
+    assert all(len(i[0]) <= MAX_ID_LENGTH + 4 for i in ids)
+    csv_path = tmp_path / "t.csv"
+    csv_path.write_text(f"material_id,formula\n{a},NaCl\n{b},NaCl\n")
+    res = sampling.execute(prepared(tiny_model(), from_csv=csv_path, n=1), tmp_path / "o")
+    assert len({r["file"] for r in res.rows}) == 2
+    assert all((tmp_path / "o" / r["file"]).is_file() for r in res.rows)
+
+
+def test_colliding_csv_ids_keep_every_structure(tmp_path):
+    csv_path = tmp_path / "t.csv"
+    csv_path.write_text("material_id,formula\nx,NaCl\nx,MgO\nx-2,LiH\n")
+    out = tmp_path / "o"
+    res = sampling.execute(prepared(tiny_model(), from_csv=csv_path, n=1), out)
+    files = [r["file"] for r in res.rows]
+    assert len(set(files)) == 3 and len(list(out.glob("*.cif"))) == 3
+    ids = [r["id"] for r in res.rows]
+    assert len(set(ids)) == 3
+
+
+# --------------------------------------------------------------------------- output folders
+def test_a_folder_holding_a_run_is_not_replaced_without_overwrite(tmp_path, ckpt):
+    out = tmp_path / "o"
+    args = ["sample", "--formula", "NaCl", "-n", "2", "--steps", STEPS, "--checkpoint", ckpt]
+    assert invoke(*args, "-o", out, "-q").exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    r = invoke(*args[:2], "MgO", *args[3:], "-o", out, "-q")
+    assert r.exit_code == 2 and "--overwrite" in r.stderr and "Traceback" not in r.output
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    r = invoke(*args[:2], "MgO", *args[3:], "-o", out, "-q", "--overwrite")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.glob("*.cif")) == ["Mg1O1_000.cif", "Mg1O1_001.cif"]
+
+
+def test_a_second_writer_on_the_same_folder_stops_in_one_line(tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    held = FolderLock(out / LOCK)  # another process writing there (flock: per open file)
+    try:
+        with pytest.raises(OutputError, match="another crystalflow process is writing"):
+            sampling.execute(prepared(tiny_model(), formula="NaCl", n=2), out)
+    finally:
+        held.release()
+    res = sampling.execute(prepared(tiny_model(), formula="NaCl", n=2), out)
+    assert len(res.rows) == 2
+
+
+def test_generate_resume_on_a_sample_folder_names_the_right_command(tmp_path, ckpt):
+    out = tmp_path / "o"
+    base = ["--steps", STEPS, "--checkpoint", ckpt, "-o", out, "-q"]
+    assert invoke("sample", "--formula", "NaCl", "-n", "1", *base).exit_code == 0
+    r = invoke("generate", "--resume", "-o", out, "-q")
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert r.exit_code == 2 and len(lines) == 1, r.output
+    assert "`crystalflow sample --resume" in lines[0]
+
+
+def test_sampling_time_is_recorded_and_summed_over_resumes(tmp_path):
+    m = tiny_model()
+    out = tmp_path / "o"
+    with pytest.raises(KeyboardInterrupt):
+        sampling.execute(
+            prepared(m, formula="NaCl", n=4, batch_size=2), out, progress=interrupt_after(1)
+        )
+    first = json.loads((out / "run.json").read_text())["sampling_seconds"]
+    assert first > 0
+    sampling.execute(prepared(m, formula="NaCl", n=4, batch_size=2), out, resume=True)
+    total = json.loads((out / "run.json").read_text())["sampling_seconds"]
+    assert total > first
+
+
+# ------------------------------------------------------------------------------ absurd sizes
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--formula", "NaCl", "-n", "1000000000"], "-n 1000000000: at most"),
+        (
+            ["--formula", "NaCl", "--num-atoms", "9998", "--allow-larger"],
+            "--num-atoms 9998: at most",
+        ),
+        (["--formula", "NaCl", "-z", "5000", "--allow-larger"], "--formula-units 5000"),
+        (["--formula", "Si1000000000O"], "above the limit"),
+        (["--formula", "NaCl", "--steps", "1000000000"], "--steps 1000000000: at most"),
+    ],
+)
+def test_absurd_sizes_are_refused_up_front(tmp_path, ckpt, args, match):
+    t0 = time.perf_counter()
+    r = invoke("sample", *args, "--checkpoint", ckpt, "-o", tmp_path / "o", "-q")
+    assert_one_line_error(r, tmp_path / "o", match)
+    assert time.perf_counter() - t0 < 30
+
+
+def test_absurd_per_row_counts_are_refused(tmp_path, ckpt):
+    csv_path = tmp_path / "t.csv"
+    csv_path.write_text("material_id,formula,n\na,NaCl,5000000\n")
+    r = invoke("sample", "--from-csv", csv_path, "--checkpoint", ckpt, "-o", tmp_path / "o")
+    assert_one_line_error(r, tmp_path / "o", "row 1, column 'n'")
+
+
+# ------------------------------------------------------------------------------ model files
+def _tamper(src: Path, dst: Path, config=None, tensor_fn=None) -> Path:
+    tensors, meta = read_safetensors(src)
+    if config:
+        meta["model_config"].update(config)
+    if tensor_fn:
+        tensors = {k: tensor_fn(k, v) for k, v in tensors.items()}
+    save_file(tensors, str(dst), metadata={"crystalflow": json.dumps(meta)})
+    return dst
+
+
+def test_a_small_file_claiming_a_huge_network_is_refused_before_allocation(tmp_path, ckpt):
+    bad = _tamper(ckpt, tmp_path / "huge.safetensors", config={"hidden": 65536, "num_layers": 64})
+    assert bad.stat().st_size < 200_000
+    t0 = time.perf_counter()
+    with pytest.raises(CheckpointError, match="weights do not fit the stored config"):
+        model_from_file(bad)
+    assert time.perf_counter() - t0 < 20  # building it for real takes minutes and ~17 GB
+    r = invoke("sample", "--formula", "NaCl", "--checkpoint", bad, "-o", tmp_path / "o")
+    assert_one_line_error(r, tmp_path / "o", "weights do not fit")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_on_load(tmp_path, ckpt, value):
+    def poison(k, v):
+        if v.is_floating_point() and v.numel() > 1:
+            v = v.clone()
+            v.view(-1)[0] = value
+        return v
+
+    bad = _tamper(ckpt, tmp_path / "nan.safetensors", tensor_fn=poison)
+    r = invoke("sample", "--formula", "NaCl", "--checkpoint", bad, "-o", tmp_path / "o")
+    assert_one_line_error(r, tmp_path / "o", "non-finite weights")
+
+
+def test_save_model_refuses_non_finite_weights(tmp_path):
+    m = tiny_model()
+    with torch.no_grad():
+        next(m.net.parameters()).view(-1)[0] = float("nan")
+    with pytest.raises(CheckpointError, match="non-finite"):
+        save_model(tmp_path / "m.safetensors", m)
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_api_errors_are_crystalflow_errors():
+    with pytest.raises(SamplingError, match="at most"):
+        sampling.prepare("sample", formula="NaCl", n=10**9, model=tiny_model(), device="cpu")
