@@ -236,3 +236,43 @@ def test_save_model_refuses_non_finite_weights(tmp_path):
 def test_api_errors_are_crystalflow_errors():
     with pytest.raises(SamplingError, match="at most"):
         sampling.prepare("sample", formula="NaCl", n=10**9, model=tiny_model(), device="cpu")
+
+
+# ------------------------------------------------------------------------------ hostile CIFs
+def _hostile_cifs():
+    head = (
+        "data_x\n_cell_length_a 4\n_cell_length_b 4\n_cell_length_c 4\n_cell_angle_alpha 90\n"
+        "_cell_angle_beta 90\n_cell_angle_gamma 90\n"
+    )
+    sites = (
+        "loop_\n_atom_site_label\n_atom_site_type_symbol\n_atom_site_fract_x\n"
+        "_atom_site_fract_y\n_atom_site_fract_z\n_atom_site_occupancy\n"
+    )
+    ops = "loop_\n_symmetry_equiv_pos_as_xyz\n" + "".join(f"'x+{i}/500,y,z'\n" for i in range(500))
+    many = head + ops + sites + "".join(f"Na{i} Na {i / 101:.4f} 0.1 0.2 1\n" for i in range(100))
+    magn = (
+        head + "_space_group_magn.transform_BNS_Pp_abc '9**9**9**9*a,b,c;0,0,0'\n" + sites
+        + "Na1 Na 0 0 0 1\n"
+    )  # fmt: skip
+    p1 = "_symmetry_space_group_name_H-M 'P 1'\n"
+    unknown = head + p1 + sites + "Xx1 Xx 0 0 0 1\nNa1 Na 0.5 0.5 0.5 1\n"
+    return {"symops": many, "magnetic": magn, "unknown-element": unknown}
+
+
+@pytest.mark.parametrize("kind, match", [
+    ("symops", "500 symmetry operations"),
+    ("magnetic", "transform_BNS_Pp_abc"),
+    ("unknown-element", "unknown element 'Xx'"),
+])  # fmt: skip
+def test_hostile_cif_rows_fail_fast_in_one_line(tmp_path, ckpt, kind, match):
+    import csv as _csv
+
+    path = tmp_path / "t.csv"
+    with open(path, "w", newline="") as fh:
+        w = _csv.writer(fh)
+        w.writerow(["material_id", "cif"])
+        w.writerow(["bad", _hostile_cifs()[kind]])
+    t0 = time.perf_counter()
+    r = invoke("sample", "--from-csv", path, "--checkpoint", ckpt, "-o", tmp_path / "o", "-q")
+    assert_one_line_error(r, tmp_path / "o", match)
+    assert "row 1" in r.stderr and time.perf_counter() - t0 < 30

@@ -72,6 +72,43 @@ def test_e_above_hull_equals_direct_phase_diagram(tmp_path, suffix):
         assert hull.e_above_hull(comp, energy) == pytest.approx(direct, abs=1e-12)
 
 
+def test_json_hull_entries_with_corrections_give_pymatgen_energies(tmp_path):
+    from pymatgen.entries.computed_entries import ConstantEnergyAdjustment
+
+    entries = [
+        ComputedEntry(Composition("".join(sites)), e - 0.5, energy_adjustments=[
+            ConstantEnergyAdjustment(0.5)
+        ])
+        for _, sites, e in ROWS
+    ]  # fmt: skip
+    path = tmp_path / "h.json"
+    path.write_text(json.dumps({str(i): x.as_dict() for i, x in enumerate(entries)}))
+    hull = HullReference.from_files([path])
+    pd = PhaseDiagram(entries)  # pymatgen uses entry.energy (corrected)
+    comp = Composition("LiFeO2")
+    _, direct = pd.get_decomp_and_e_above_hull(PDEntry(comp, -25.0), allow_negative=True)
+    assert hull.e_above_hull(comp, -25.0) == pytest.approx(direct, abs=1e-12)
+
+
+@pytest.mark.parametrize("module", ["this", "antigravity", "os"])
+def test_json_hull_never_imports_what_the_file_names(tmp_path, module, capsys):
+    import sys
+
+    sys.modules.pop("this", None)
+    item = {"@module": module, "@class": "system", "composition": {"Li": 1}, "energy": -1.0}
+    path = tmp_path / "h.json"
+    path.write_text(json.dumps([item]))
+    with pytest.raises(XtalEvalError, match="entry class 'system' is not accepted"):
+        HullReference.from_files([path])
+    assert "this" not in sys.modules and "Beautiful is better" not in capsys.readouterr().out
+    # a nested @module (e.g. inside energy_adjustments) is data too
+    ok = {"@class": "ComputedEntry", "composition": {"Li": 1}, "energy": -1.0, "correction": 0.0,
+          "energy_adjustments": [{"@module": "this", "@class": "X"}]}  # fmt: skip
+    path.write_text(json.dumps([ok, {**ok, "composition": {"O": 1}}]))
+    assert len(HullReference.from_files([path])) == 2
+    assert "this" not in sys.modules
+
+
 def test_e_above_hull_hand_value(tmp_path):
     path = tmp_path / "h.csv"
     _write_csv(path, [("A", ["Li"], 0.0), ("B", ["O"], 0.0), ("AB", ["Li", "O"], -2.0)])

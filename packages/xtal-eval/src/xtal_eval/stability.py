@@ -214,6 +214,38 @@ def _rows_to_entries(rows: list[dict[str, Any]], path: Path, energy_column: str)
     return out
 
 
+#: entry classes a JSON hull reference may name (``@class``); they are read as plain data
+JSON_ENTRY_CLASSES = ("PDEntry", "ComputedEntry", "ComputedStructureEntry")
+
+
+def _entry_from_json(item: Any, where: str) -> PDEntry:
+    """A :class:`PDEntry` from one serialised pymatgen entry, read as plain data.
+
+    ``MontyDecoder`` would import whatever module an ``@module`` key names; here only the
+    composition and the energy are read (for ``ComputedEntry``/``ComputedStructureEntry`` the
+    corrected energy, ``energy + correction``, which is pymatgen's ``entry.energy``).
+    """
+    if not isinstance(item, dict):
+        raise XtalEvalError(f"{where}: not a pymatgen entry (a JSON object)")
+    cls = item.get("@class")
+    if cls is not None and cls not in JSON_ENTRY_CLASSES:
+        raise XtalEvalError(
+            f"{where}: entry class {str(cls)[:60]!r} is not accepted (only "
+            f"{', '.join(JSON_ENTRY_CLASSES)}, read as data)"
+        )
+    comp = item.get("composition")
+    if not isinstance(comp, dict) or not comp:
+        raise XtalEvalError(f"{where}: no composition")
+    try:
+        composition = Composition({str(k): float(v) for k, v in comp.items()})
+        energy = float(item["energy"])
+        if cls in ("ComputedEntry", "ComputedStructureEntry"):
+            energy += float(item.get("correction") or 0.0)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise XtalEvalError(f"{where}: bad composition or energy ({exc})") from None
+    return PDEntry(composition, energy)
+
+
 def _read_entries(path: Path, energy_column: str) -> list[PDEntry]:
     if not path.is_file():
         raise XtalEvalError(f"{path}: no such hull reference file")
@@ -232,20 +264,15 @@ def _read_entries(path: Path, energy_column: str) -> list[PDEntry]:
             rows = list(csv.DictReader(fh))
         return _rows_to_entries(rows, path, energy_column)
     if name.endswith((".json", ".json.gz")):
-        from monty.json import MontyDecoder
-
         with _open(path) as fh:
             try:
-                data = json.load(fh, cls=MontyDecoder)
+                data = json.load(fh)  # plain data: no class named in the file is ever imported
             except (json.JSONDecodeError, ValueError) as exc:
                 raise XtalEvalError(f"{path}: cannot read JSON entries ({exc})") from exc
         items = data.values() if isinstance(data, dict) else data
-        entries = []
-        for i, e in enumerate(items):
-            if not hasattr(e, "composition") or not hasattr(e, "energy"):
-                raise XtalEvalError(f"{path}: item {i} is not a pymatgen entry")
-            entries.append(PDEntry(e.composition, float(e.energy)))
-        return entries
+        if not isinstance(items, (list, type({}.values()))):
+            raise XtalEvalError(f"{path}: expected a list of entries")
+        return [_entry_from_json(e, f"{path} item {i}") for i, e in enumerate(items)]
     raise XtalEvalError(
         f"{path}: unknown hull reference format (use .parquet, .csv, .csv.gz, .json or .json.gz)"
     )

@@ -233,10 +233,18 @@ class Crystal:
     def from_cif(
         cls, text: str, labels: Mapping[str, float] | None = None, id: str | None = None
     ) -> Crystal:
-        """Parse the first structure of a CIF string (no primitive reduction)."""
-        from pymatgen.core import Structure
+        """Parse the first structure of a CIF string (no primitive reduction).
 
-        return cls.from_pymatgen(Structure.from_str(text, fmt="cif"), labels=labels, id=id)
+        The text is checked first (:func:`xtal_repr.textparse.check_cif_text`); errors are
+        :class:`CrystalFormatError` with pymatgen's reason.
+        """
+        from xtal_repr.textparse import StructureTextError, parse_structure_text
+
+        try:
+            s = parse_structure_text(text, "cif", where=f"crystal {id!r}" if id else "CIF")
+        except StructureTextError as exc:
+            raise CrystalFormatError(str(exc)) from None
+        return cls.from_pymatgen(s, labels=labels, id=id)
 
     def to_cif(self, symprec: float | None = None) -> str:
         """CIF text (P1 unless ``symprec`` is given, then symmetrised by spglib via pymatgen)."""
@@ -266,11 +274,14 @@ class Crystal:
                         "reading extxyz needs ASE: pip install 'xtal-repr[ase]'"
                     ) from exc
                 return cls.from_ase(ase_read(path, format="extxyz"), id=ident)
-            from pymatgen.core import Structure
+            from xtal_repr.textparse import StructureTextError, parse_structure_text
 
             text = path.read_text()
-            pmg_fmt: Any = kind
-            return cls.from_pymatgen(Structure.from_str(text, fmt=pmg_fmt), id=ident)
+            try:
+                s = parse_structure_text(text, kind, where=str(path))
+            except StructureTextError as exc:
+                raise CrystalFormatError(str(exc)) from None
+            return cls.from_pymatgen(s, id=ident)
         except (CrystalFormatError, ImportError):
             raise
         except Exception as exc:

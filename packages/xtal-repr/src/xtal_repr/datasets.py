@@ -33,6 +33,7 @@ import numpy as np
 from xtal_repr.crystal import Crystal, CrystalFormatError, _guess_format, standardize_structure
 from xtal_repr.fileio import CsvReadError, atomic_path, read_csv_rows
 from xtal_repr.lattice import lattice_to_k
+from xtal_repr.textparse import StructureTextError, parse_structure_text
 
 __all__ = [
     "CACHE_VERSION",
@@ -232,16 +233,15 @@ def _parse_one(task: tuple[str, str, bool, bool]) -> tuple[bool, Any]:
     """Parse one structure text; returns (True, (frac, lattice, z)) or (False, message)."""
     text, fmt, niggli, primitive = task
     try:
-        from pymatgen.core import Structure
-
-        with warnings.catch_warnings():
-            # pymatgen warns about rounding near-ideal coordinates of most benchmark CIFs
-            warnings.simplefilter("ignore")
-            s = Structure.from_str(text, fmt=fmt)  # type: ignore[arg-type]
+        # bounded cost (symmetry operations x sites, sympy-bound fields, a time limit) and
+        # pymatgen's real reason on failure
+        s = parse_structure_text(text, fmt=fmt, where=fmt.upper())
         if niggli or primitive:
             s = standardize_structure(s, niggli=niggli, primitive=primitive)
         c = Crystal.from_pymatgen(s)
         return True, (c.frac_coords, c.lattice, c.atomic_numbers)
+    except StructureTextError as exc:
+        return False, str(exc)
     except Exception as exc:  # noqa: BLE001 - the message is reported with file and row
         msg = str(exc).strip().splitlines()
         return False, f"{type(exc).__name__}: {msg[0] if msg else ''}"

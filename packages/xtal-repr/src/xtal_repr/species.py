@@ -104,6 +104,9 @@ def to_atomic_number(element: Any) -> int:
             raise UnknownElementError(f"unknown element symbol {element!r}")
         z = _SYMBOL_TO_Z[sym]
     elif hasattr(element, "Z"):
+        if "Dummy" in type(element).__name__:  # pymatgen's stand-in for a symbol it does not know
+            sym = getattr(element, "symbol", None) or str(element)
+            raise UnknownElementError(f"unknown element {sym!r}")
         z = int(element.Z)
     else:
         raise UnknownElementError(f"cannot interpret {element!r} as an element")
