@@ -276,3 +276,96 @@ def test_hostile_cif_rows_fail_fast_in_one_line(tmp_path, ckpt, kind, match):
     r = invoke("sample", "--from-csv", path, "--checkpoint", ckpt, "-o", tmp_path / "o", "-q")
     assert_one_line_error(r, tmp_path / "o", match)
     assert "row 1" in r.stderr and time.perf_counter() - t0 < 30
+
+
+# ------------------------------------------------------------------------------ evaluate
+def _eval(*args):
+    from crystalflow.cli import evaluate as evaluate_cmd
+    from typer.testing import CliRunner
+
+    return CliRunner().invoke(evaluate_cmd.app, [str(a) for a in args])
+
+
+def _csp_inputs(tmp_path):
+    from test_evaluate_cli import _subset
+
+    return _subset(tmp_path, n_targets=2, k=1)
+
+
+def _assert_one_line(r, match, code=2):
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert r.exit_code == code, r.output
+    assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], r.stderr
+    assert "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("case, match", [
+    ("json-dir", "--json {d}: is a folder"),
+    ("json-under-file", "is a file, not a folder"),
+    ("details-dir", "--details {d}: is a folder"),
+    ("workers0", "--workers must be >= 1"),
+    ("workers-1", "--workers must be >= 1"),
+    ("cache-file", "is a file, expected a folder"),
+    ("cache-not-db", "not a usable cache database"),
+])  # fmt: skip
+def test_evaluate_csp_checks_inputs_and_outputs_before_the_work(tmp_path, case, match):
+    t, pred = _csp_inputs(tmp_path)
+    d = tmp_path / "adir"
+    d.mkdir()
+    f = tmp_path / "afile"
+    f.write_text("x")
+    extra = {
+        "json-dir": ["--json", d],
+        "json-under-file": ["--json", f / "m.json"],
+        "details-dir": ["--details", d],
+        "workers0": ["--workers", "0"],
+        "workers-1": ["--workers", "-1"],
+        "cache-file": ["--cache", f],
+        "cache-not-db": ["--cache", d],
+    }[case]
+    if case == "cache-not-db":
+        (d / "matches.sqlite").write_bytes(b"this is not a database" * 100)
+    r = _eval("csp", "--pred", pred, "--targets", t, "-q", "--workers", "1", *extra)
+    _assert_one_line(r, match.format(d=d))
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_evaluate_dng_warns_about_an_incomplete_run_and_reads_cond_columns(tmp_path):
+    dng = save_tiny(
+        tmp_path / "dng.safetensors", mode="dng", conditions=["formation_energy_per_atom"]
+    )
+    out = tmp_path / "gen"
+    r = invoke("generate", "-n", "6", "--steps", STEPS, "--checkpoint", dng, "-o", out, "-q",
+               "-c", "formation_energy_per_atom=-1.0")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "run.json").read_text())
+    assert m["sampling_seconds"] > 0
+    m["complete"] = False  # as a killed run leaves it
+    (out / "run.json").write_text(json.dumps(m))
+    from test_evaluate_cli import FIX
+
+    res = _eval("dng", "--pred", out, "--reference", FIX / "dng_reference.csv", "--metrics",
+                "validity", "--json", tmp_path / "m.json", "-q", "--workers", "1")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "warning:" in res.stderr and "incomplete run" in res.stderr
+    rep = json.loads((tmp_path / "m.json").read_text())["dng"]
+    assert rep["pred_complete"] is False
+    assert rep["sampling_seconds"] == pytest.approx(m["sampling_seconds"])
+    gen_cols = __import__("xtal_eval").read_structures(out).columns
+    assert set(gen_cols["cond_formation_energy_per_atom"]) == {"-1.0"}
+
+
+@pytest.mark.parametrize("name", ["lemat_mp20_mace_above_hull_dataset.parquet", "hull_orb.csv"])
+def test_evaluate_dng_refuses_a_hull_of_another_potential(tmp_path, name):
+    from test_evaluate_cli import FIX
+
+    hull = tmp_path / name
+    hull.write_text("formula,energy\nLi,-1\n")
+    res = _eval("dng", "--pred", FIX / "dng_generated.csv", "--reference",
+                FIX / "dng_reference.csv", "--hull", hull, "-q")  # fmt: skip
+    _assert_one_line(res, "--allow-mixed-hull")
+
+
+def test_evaluate_dng_relax_steps_is_named_so():
+    res = _eval("dng", "--help")
+    assert "--relax-steps" in res.output and "--steps " not in res.output

@@ -37,7 +37,7 @@ from xtal_eval.matching import (
     FastMatcher,
     MatchTolerances,
 )
-from xtal_eval.stability import HullReference, RelaxSettings
+from xtal_eval.stability import HullReference, RelaxSettings, hull_potential
 from xtal_eval.validity import (
     CRYSTALFLOW_RULES,
     DIFFCSP_RULES,
@@ -47,6 +47,7 @@ from xtal_eval.validity import (
 )
 
 __all__ = [
+    "hull_potential",
     "BENCHMARK_TOLERANCES",
     "CRYSTALFLOW_RULES",
     "DIFFCSP_RULES",

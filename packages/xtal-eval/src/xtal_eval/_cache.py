@@ -9,7 +9,29 @@ from pathlib import Path
 
 import pymatgen.core
 
+from xtal_eval._errors import XtalEvalError
+
 __all__ = ["MatchCache", "pair_key"]
+
+
+def _connect(path: Path, schema: str) -> sqlite3.Connection:
+    """Open (or create) a cache database; a folder that is a file, or a file that is not an
+    SQLite database, is one :class:`XtalEvalError` naming it."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise XtalEvalError(f"cache folder {path.parent}: is a file, expected a folder") from None
+    try:
+        con = sqlite3.connect(path)
+        con.execute(schema)
+        con.commit()
+    except sqlite3.DatabaseError as exc:
+        raise XtalEvalError(
+            f"cache file {path}: not a usable cache database ({exc}); delete it or use another "
+            "--cache folder"
+        ) from None
+    return con
+
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS pairs (key TEXT PRIMARY KEY, rms REAL, exact INTEGER NOT NULL)"
@@ -40,10 +62,7 @@ class MatchCache:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._con = sqlite3.connect(self.path)
-        self._con.execute(_SCHEMA)
-        self._con.commit()
+        self._con = _connect(self.path, _SCHEMA)
 
     def put_many(self, rows: Iterable[tuple[str, float | None, int]]) -> None:
         """Insert or replace ``(key, rms, exact)`` rows and commit."""
@@ -86,10 +105,9 @@ class BlobCache:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._con = sqlite3.connect(self.path)
-        self._con.execute("CREATE TABLE IF NOT EXISTS blobs (key TEXT PRIMARY KEY, value BLOB)")
-        self._con.commit()
+        self._con = _connect(
+            self.path, "CREATE TABLE IF NOT EXISTS blobs (key TEXT PRIMARY KEY, value BLOB)"
+        )
 
     def get_many(self, keys: list[str]) -> dict[str, bytes]:
         """Values of the keys that are present."""

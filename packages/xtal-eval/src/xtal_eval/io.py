@@ -265,7 +265,9 @@ def read_structures(path: str | Path) -> StructureTable:
     path : str or Path
         A CSV(.gz) with a ``cif`` column (ids from ``material_id`` or ``id`` if present), or a
         folder: the first of ``samples.csv``, ``structures.csv``, ``candidates.csv`` in it that has
-        a ``cif`` column, otherwise all ``*.cif`` files (natural sort order).
+        a ``cif`` column, else the kept structures listed in a ``crystalflow`` run's ``summary.csv``
+        (its ``file`` column; the other columns, e.g. ``cond_<name>``, come along), otherwise all
+        ``*.cif`` files (natural sort order).
 
     Returns
     -------
@@ -284,6 +286,9 @@ def read_structures(path: str | Path) -> StructureTable:
             for cand in (p / name, p / f"{name}.gz"):
                 if cand.is_file() and "cif" in _header(cand):
                     return read_structures(cand)
+        summary = p / "summary.csv"
+        if summary.is_file() and "file" in _header(summary):
+            return _read_run_summary(summary)
         files = _cif_files(p)
         if not files:
             raise XtalEvalError(
@@ -306,6 +311,37 @@ def read_structures(path: str | Path) -> StructureTable:
         where=[f"{p} row {i + 1}" for i in range(len(rows))],
         columns={c: [r[c] for r in rows] for c in others},
         source=str(p),
+    )
+
+
+def _read_run_summary(summary: Path) -> StructureTable:
+    """The kept structures of a ``crystalflow sample``/``generate`` folder: the rows of its
+    ``summary.csv`` with a ``file``, read from those files, with the table's other columns
+    (``cond_<name>``, energies, ...)."""
+    rows, header = _read_csv(summary, ("file",))
+    kept = [r for r in rows if (r.get("file") or "").strip()]
+    if not kept:
+        raise XtalEvalError(f"{summary}: no kept structures (every row has an empty 'file')")
+    folder = summary.parent
+    cifs, where = [], []
+    for i, r in enumerate(kept):
+        name = r["file"].strip()
+        f = folder / name
+        if Path(name).name != name or f.suffix.lower() != ".cif":
+            raise XtalEvalError(
+                f"{summary} row {i + 1}: 'file' {name[:80]!r} is not a CIF in {folder}"
+            )
+        if not f.is_file():
+            raise XtalEvalError(f"{summary} row {i + 1}: {f} is missing")
+        cifs.append(f.read_text(encoding="utf-8", errors="replace"))
+        where.append(str(f))
+    others = [c for c in header if c and c not in ("file",)]
+    return StructureTable(
+        ids=[r.get("id") or Path(r["file"]).stem for r in kept],
+        cifs=cifs,
+        where=where,
+        columns={c: [r.get(c, "") for r in kept] for c in others},
+        source=str(folder),
     )
 
 

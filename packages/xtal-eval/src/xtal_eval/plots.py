@@ -122,7 +122,7 @@ def plot_dng(report: Any, out_dir: str | Path, conditions: dict[str, Sequence[An
     out_dir : str or Path
     conditions : dict of str to sequence, optional
         Condition target per generated structure, by property name (e.g. from a
-        ``condition_formation_energy_per_atom`` column of the samples table).
+        ``cond_formation_energy_per_atom`` column of a run's summary.csv).
     properties : dict of str to sequence, optional
         Measured property per generated structure, by the same names. Formation energies from
         the MLIP stability step are used when a name is missing here.

@@ -50,6 +50,7 @@ __all__ = [
     "RelaxSettings",
     "balanced_sun_rate",
     "cost_per_structure",
+    "hull_potential",
     "mlip_energies",
     "relax_structures",
 ]
@@ -212,6 +213,24 @@ def _rows_to_entries(rows: list[dict[str, Any]], path: Path, energy_column: str)
         if math.isfinite(energy):
             out.append(PDEntry(comp, energy))
     return out
+
+
+#: machine-learned potentials recognised in hull reference file names
+KNOWN_POTENTIALS = ("chgnet", "mace", "orb", "uma", "m3gnet", "sevennet", "mattersim", "ensemble")
+
+
+def hull_potential(path: str | Path) -> str | None:
+    """The potential a hull reference file was computed with, from its name (e.g.
+    ``lemat_mp20_mace_above_hull_dataset.parquet`` -> ``"mace"``), or ``None`` if the name does
+    not say. Energies above a hull are only meaningful when the structures are relaxed with the
+    same potential."""
+    import re
+
+    tokens = re.split(r"[^a-z0-9]+", Path(path).name.lower())
+    for t in tokens:
+        if t in KNOWN_POTENTIALS:
+            return t
+    return None
 
 
 #: entry classes a JSON hull reference may name (``@class``); they are read as plain data

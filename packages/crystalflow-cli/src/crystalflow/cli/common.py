@@ -13,7 +13,16 @@ from contextlib import contextmanager
 
 import typer
 
-__all__ = ["EXIT_INPUT", "EXIT_INTERRUPTED", "EXIT_RUNTIME", "fail", "guarded"]
+__all__ = [
+    "EXIT_INPUT",
+    "EXIT_INTERRUPTED",
+    "EXIT_RUNTIME",
+    "check_cache_dir",
+    "check_output_file",
+    "check_workers",
+    "fail",
+    "guarded",
+]
 
 EXIT_INPUT = 2
 EXIT_RUNTIME = 1
@@ -53,3 +62,34 @@ def guarded(interrupted: str | None = None) -> Iterator[None]:
         raise fail(
             f"{type(exc).__name__}: {msg} (set CRYSTALFLOW_DEBUG=1 for the traceback)", 1
         ) from None
+
+
+def check_output_file(path: os.PathLike[str] | str | None, option: str) -> None:
+    """Before any work: ``path`` (an output file of ``option``) must be writable - not a folder,
+    its folder creatable and writable. Nothing is created."""
+    from pathlib import Path
+
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise fail(f"{option} {p}: is a folder, expected a file name")
+    anc = p.parent
+    while not anc.exists():
+        anc = anc.parent
+    if not anc.is_dir():
+        raise fail(f"{option} {p}: {anc} is a file, not a folder")
+    if not os.access(anc, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise fail(f"{option} {p}: not writable")
+
+
+def check_workers(workers: int | None) -> None:
+    if workers is not None and workers < 1:
+        raise fail(f"--workers must be >= 1 (or left out for all cores), got {workers}")
+
+
+def check_cache_dir(path: os.PathLike[str] | str | None) -> None:
+    from pathlib import Path
+
+    if path is not None and Path(path).exists() and not Path(path).is_dir():
+        raise fail(f"--cache {path}: is a file, expected a folder")

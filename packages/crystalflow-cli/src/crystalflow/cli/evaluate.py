@@ -18,7 +18,7 @@ from typing import Any
 import typer
 from xtal_repr.fileio import atomic_write_text
 
-from crystalflow.cli.common import fail
+from crystalflow.cli.common import check_cache_dir, check_output_file, check_workers, fail
 from crystalflow.progress import ProgressBar
 
 app = typer.Typer(
@@ -79,6 +79,26 @@ def _plots_dir(plots_dir: Path | None, json_out: Path | None, default: str) -> P
     if json_out is not None:
         return json_out.with_name(json_out.stem + "_plots")
     return Path(default)
+
+
+def _check_outputs(
+    json_out: Path | None, details: Path | None, workers: int | None, cache: Path | None
+) -> None:
+    """Everything the evaluation will write or use is checked before the work starts."""
+    check_output_file(json_out, "--json")
+    check_output_file(details, "--details")
+    check_workers(workers)
+    check_cache_dir(cache)
+
+
+def _write_csv(path: Path, header: list[str], rows: Any) -> None:
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
 
 
 def _csp_table(report: Any, title: str) -> Any:
@@ -147,6 +167,7 @@ def csp(
     import xtal_eval as xe
 
     ks = _parse_ks(list(k) + list(more_k or []))
+    _check_outputs(json_out, details, workers, cache)
     try:
         tol = xe.MatchTolerances.preset(tolerances)
         tol = xe.MatchTolerances(
@@ -207,15 +228,15 @@ def csp(
         _write_json(json_out, report.to_json())
         _say(con, f"wrote {json_out}")
     if details is not None:
-        details.parent.mkdir(parents=True, exist_ok=True)
         best = {kk: report.best_rms(kk) for kk in ks}
-        with open(details, "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["material_id"] + [f"rms_k{kk}" for kk in ks])
-            for i, mid in enumerate(tt.ids):
-                w.writerow(
-                    [mid] + ["" if math.isnan(best[kk][i]) else f"{best[kk][i]:.6g}" for kk in ks]
-                )
+        _write_csv(
+            details,
+            ["material_id"] + [f"rms_k{kk}" for kk in ks],
+            (
+                [mid] + ["" if math.isnan(best[kk][i]) else f"{best[kk][i]:.6g}" for kk in ks]
+                for i, mid in enumerate(tt.ids)
+            ),
+        )
         _say(con, f"wrote {details}")
     if plots:
         try:
@@ -232,15 +253,36 @@ def csp(
             _say(con, f"wrote {p}")
 
 
+def _run_manifest(pred: Path) -> dict[str, Any] | None:
+    """The ``run.json`` of a ``crystalflow sample``/``generate`` folder (None otherwise)."""
+    f = pred / "run.json"
+    if pred.is_dir() and f.is_file():
+        try:
+            d = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return d if isinstance(d, dict) else None
+    return None
+
+
 def _sampling_seconds(pred: Path) -> float | None:
+    """Sampling wall time recorded by the run: ``run.json`` (``crystalflow sample``/``generate``,
+    summed over resumes), else ``sampling_seconds`` in sampling.json/summary.json/metadata.json
+    (top level or under ``meta``)."""
+    m = _run_manifest(pred)
+    if m is not None and isinstance(m.get("sampling_seconds"), (int, float)):
+        return float(m["sampling_seconds"])
     if pred.is_dir():
         for name in ("sampling.json", "summary.json", "metadata.json"):
             f = pred / name
             if f.is_file():
                 try:
-                    v = json.loads(f.read_text()).get("sampling_seconds")
-                except (json.JSONDecodeError, AttributeError):
+                    d = json.loads(f.read_text())
+                except (OSError, ValueError):
                     continue
+                if not isinstance(d, dict):
+                    continue
+                v = d.get("sampling_seconds", (d.get("meta") or {}).get("sampling_seconds"))
                 if isinstance(v, (int, float)):
                     return float(v)
     return None
@@ -324,7 +366,14 @@ def dng(
         "FIRE", "--optimizer", help="MLIP relaxation optimizer: FIRE or BFGS."
     ),
     fmax: float = typer.Option(0.1, "--fmax", help="Relaxation force threshold (eV/A)."),
-    steps: int = typer.Option(500, "--steps", help="Relaxation step cap."),
+    relax_steps: int = typer.Option(
+        500, "--relax-steps", help="Relaxation step cap (optimizer steps per structure)."
+    ),
+    allow_mixed_hull: bool = typer.Option(
+        False,
+        "--allow-mixed-hull",
+        help="Accept a --hull computed with another potential than the relaxation's (CHGNet).",
+    ),
     stable_threshold: float = typer.Option(
         0.0, "--stable-threshold", help="Stable if E_hull <= this (eV/atom)."
     ),
@@ -356,6 +405,27 @@ def dng(
     )
     if rules not in ("crystalflow", "diffcsp"):
         raise fail(f"--rules must be crystalflow or diffcsp, got {rules!r}")
+    _check_outputs(json_out, details, workers, cache)
+    for h in hull or []:
+        other = xe.hull_potential(h)
+        if other is not None and other != "chgnet":
+            if not allow_mixed_hull:
+                raise fail(
+                    f"--hull {h}: computed with {other.upper()}, but structures are relaxed with "
+                    "CHGNet; energies above such a hull are meaningless (--allow-mixed-hull to "
+                    "accept it anyway)"
+                )
+            _say(_console(stderr=True), f"warning: --hull {h} was computed with {other.upper()}, "
+                 "the relaxation uses CHGNet (--allow-mixed-hull)")  # fmt: skip
+    manifest = _run_manifest(pred)
+    incomplete = manifest is not None and manifest.get("complete") is False
+    if incomplete:
+        _say(
+            _console(stderr=True),
+            f"warning: {pred} is an incomplete run (run.json: complete=false); the metrics cover "
+            f"only the structures written so far (complete it with `crystalflow "
+            f"{manifest.get('command', 'generate')} --resume -o {pred}`)",
+        )
     try:
         settings = xe.DNGSettings(
             metrics=wanted,
@@ -364,7 +434,7 @@ def dng(
             seed=seed,
             rules=xe.CRYSTALFLOW_RULES if rules == "crystalflow" else xe.DIFFCSP_RULES,
             stable_threshold=stable_threshold,
-            relax=xe.RelaxSettings(optimizer=optimizer, fmax=fmax, steps=steps),
+            relax=xe.RelaxSettings(optimizer=optimizer, fmax=fmax, steps=relax_steps),
         )
         if "coverage" in wanted:
             from xtal_eval.coverage import coverage_cutoffs
@@ -407,6 +477,8 @@ def dng(
     except (xe.XtalEvalError, xe.MissingDependencyError) as exc:
         raise fail(str(exc)) from None
     report.metrics["novelty_reference"] = str(train if train is not None else reference)
+    if manifest is not None:
+        report.metrics["pred_complete"] = not incomplete
     con = _console()
     con.print(_dng_table(report, "DNG metrics"))
     con.print(
@@ -419,18 +491,19 @@ def dng(
         _write_json(json_out, report.to_json())
         _say(con, f"wrote {json_out}")
     if details is not None:
-        details.parent.mkdir(parents=True, exist_ok=True)
         cols = [c for c in report.per_structure if len(report.per_structure[c]) == len(gen)]
-        with open(details, "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(cols)
-            for row in zip(*(report.per_structure[c] for c in cols), strict=True):
-                w.writerow(["" if v is None else v for v in row])
+        _write_csv(
+            details,
+            cols,
+            (
+                ["" if v is None else v for v in row]
+                for row in zip(*(report.per_structure[c] for c in cols), strict=True)
+            ),
+        )
         _say(con, f"wrote {details}")
     if plots:
-        conds = {
-            c[len("condition_") :]: v for c, v in gen.columns.items() if c.startswith("condition_")
-        }
+        # the condition each structure was generated for: the run's summary.csv ``cond_<name>``
+        conds = {c[len("cond_") :]: v for c, v in gen.columns.items() if c.startswith("cond_")}
         props = {name: gen.columns[name] for name in conds if name in gen.columns}
         try:
             from xtal_eval.plots import plot_dng
