@@ -369,3 +369,71 @@ def test_evaluate_dng_refuses_a_hull_of_another_potential(tmp_path, name):
 def test_evaluate_dng_relax_steps_is_named_so():
     res = _eval("dng", "--help")
     assert "--relax-steps" in res.output and "--steps " not in res.output
+
+
+# ------------------------------------------------------------------------------ training
+def _train_cli(*args):
+    from crystalflow import cli as cli_mod
+    from typer.testing import CliRunner
+
+    cli_mod._register()
+    return CliRunner().invoke(cli_mod.app, ["train", *map(str, args)])
+
+
+def test_train_data_folder_without_a_train_split_names_what_it_found(tmp_path):
+    d = tmp_path / "carbon"
+    d.mkdir()
+    for name in ("val.csv.gz", "test.csv.gz"):
+        (d / name).write_bytes(b"")
+    r = _train_cli("--preset", "tiny", "--data", d, "--out", tmp_path / "r")
+    _assert_one_line(r, "no training split")
+    assert "found test.csv.gz, val.csv.gz" in r.stderr
+
+
+def test_train_max_minutes_flag_counts_for_a_minutes_schedule(tmp_path):
+    from test_train import PEROV
+
+    r = _train_cli("--preset", "tiny", "--data", PEROV, "--out", tmp_path / "r", "--max-minutes",
+                   "0.01", "--set", "train.scheduler=cosine", "--set", "train.schedule_by=minutes",
+                   "--set", "train.batch_size=8", "--no-progress")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert cfg["train"]["max_minutes"] == 0.01 and cfg["train"]["schedule_by"] == "minutes"
+
+
+def test_train_stops_in_one_line_when_the_loss_stays_non_finite(tmp_path, monkeypatch):
+    from crystalflow.errors import TrainingError
+    from crystalflow.model import CrystalFlow
+    from crystalflow.train import train
+    from test_train import tiny
+
+    real = CrystalFlow.combine
+
+    def poisoned(self, sums, counts):
+        out = real(self, sums, counts)
+        out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(CrystalFlow, "combine", poisoned)
+    out = tmp_path / "r"
+    with pytest.raises(TrainingError, match="non-finite .* for 5 consecutive step"):
+        train(tiny("train.epochs=100", "train.max_nonfinite_steps=5"), out, progress=False)
+    for f in out.glob("model_*.safetensors"):  # whatever was written is finite
+        tensors, _ = read_safetensors(f)
+        assert all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point())
+
+
+def test_train_init_from_a_nan_model_is_one_line(tmp_path, ckpt):
+    from test_train import PEROV
+
+    def poison(k, v):
+        if v.is_floating_point() and v.numel() > 1:
+            v = v.clone()
+            v.view(-1)[0] = float("nan")
+        return v
+
+    bad = _tamper(ckpt, tmp_path / "nan.safetensors", tensor_fn=poison)
+    r = _train_cli("--preset", "tiny", "--data", PEROV, "--out", tmp_path / "r", "--init-from",
+                   bad, "--no-progress")  # fmt: skip
+    _assert_one_line(r, "non-finite weights")
+    assert not (tmp_path / "r" / "model_last.safetensors").exists()

@@ -180,6 +180,12 @@ class TrainConfig(_Section):
         description="wall-clock minutes between kept model snapshots in snapshots/ (0: off)",
     )
     skip_nonfinite: bool = True
+    max_nonfinite_steps: int = Field(
+        20,
+        ge=1,
+        description="stop the run (one line; nothing non-finite is written) after this many "
+        "consecutive steps with a non-finite loss (each is skipped while skip_nonfinite)",
+    )
     init_from: str | None = Field(
         None,
         description=(

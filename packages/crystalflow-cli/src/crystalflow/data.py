@@ -86,6 +86,12 @@ def resolve_sources(cfg: DataConfig) -> DataSources:
         train = _find(root, _TRAIN_NAMES, "train")
         if train is not None:
             return DataSources(train, _find(root, _VAL_NAMES, "val"))
+        tables = sorted(p.name for p in root.glob("*.csv*") if p.is_file())
+        if tables:  # a split folder without its train split (not a folder of structure files)
+            raise DataError(
+                f"--data {root}: no training split ({' / '.join(_TRAIN_NAMES)}); found "
+                f"{', '.join(tables)}; pass --train FILE (and --val FILE) to use one of them"
+            )
     return DataSources(root, None, _labels(cfg, root))
 
 

@@ -12,6 +12,7 @@ place, :func:`crystalflow.cli.common.fail`.
     ├── DataError          training data (splits, labels, conditions)
     ├── CheckpointError    model / training-state files
     ├── FormulaError       chemical formulas and cell compositions
+    ├── TrainingError      a training run that cannot go on (e.g. a diverged, non-finite loss)
     └── SamplingError      sampling requests (options, targets, conditions)
         └── OutputError    output folders (unwritable, another run's options, ...)
     MissingDependencyError (ImportError): an optional extra is needed (xtal_repr's class)
@@ -32,6 +33,7 @@ __all__ = [
     "MissingDependencyError",
     "OutputError",
     "SamplingError",
+    "TrainingError",
     "user_errors",
 ]
 
@@ -58,6 +60,10 @@ class FormulaError(CrystalFlowError):
 
 class SamplingError(CrystalFlowError):
     """Bad sampling input (the message is one line naming the option/value)."""
+
+
+class TrainingError(CrystalFlowError):
+    """A training run that cannot go on (the message says why and what was kept)."""
 
 
 class OutputError(SamplingError):

@@ -100,16 +100,20 @@ def run_train(
         extra.append(f"data.train={train_file}")
     if val_file is not None:
         extra.append(f"data.val={val_file}")
+    # the option flags are overrides like --set (after them: a flag wins) and are validated
+    # together with them, so e.g. --max-minutes 30 --set train.schedule_by=minutes is accepted
+    flags = []
     if max_steps is not None:
-        extra.append(f"train.max_steps={max_steps}")
+        flags.append(f"train.max_steps={max_steps}")
     if epochs is not None:
-        extra.append(f"train.epochs={epochs}")
+        flags.append(f"train.epochs={epochs}")
     if max_minutes is not None:
-        extra.append(f"train.max_minutes={max_minutes}")
+        flags.append(f"train.max_minutes={max_minutes}")
     if seed is not None:
-        extra.append(f"train.seed={seed}")
+        flags.append(f"train.seed={seed}")
     if device is not None:
-        extra.append(f"train.device={device}")
+        flags.append(f"train.device={device}")
+    overrides = [*(overrides or []), *flags]
     # paths are given verbatim (not YAML-parsed): set them after parsing the other overrides
     cfg = load_config(preset=preset, config_file=config_file, overrides=overrides)
     d = cfg.to_dict()

@@ -31,7 +31,7 @@ from crystalflow.data import (
     num_atoms_histogram,
 )
 from crystalflow.distributed import DistInfo, all_reduce_, barrier, cleanup, setup
-from crystalflow.errors import CheckpointError, ConfigError
+from crystalflow.errors import CheckpointError, ConfigError, TrainingError
 from crystalflow.model import CrystalFlow
 from crystalflow.train.common import (
     _EMA,
@@ -166,6 +166,7 @@ class Trainer:
         self.best_val: float | None = None
         self.last_val: float | None = None
         self.acc = self._new_acc()
+        self._nonfinite_run = 0  # consecutive steps with a non-finite loss
         self.wall_s = 0.0  # training wall time summed over resumes (train.max_minutes)
         self.next_snapshot_s: float | None = None
         self.total_steps = self._horizon()
@@ -270,10 +271,17 @@ class Trainer:
             if self.dist.distributed:  # keep DDP's gradient reduction in step on every process
                 (loss * 0).backward()
             self.optimizer.zero_grad(set_to_none=True)
-            if not tc.skip_nonfinite:
-                raise FloatingPointError(f"non-finite loss at step {self.step}")
+            self._nonfinite_run += 1
+            if not tc.skip_nonfinite or self._nonfinite_run >= tc.max_nonfinite_steps:
+                raise TrainingError(
+                    f"training stopped at step {self.step}: the loss was non-finite (NaN/inf) for "
+                    f"{self._nonfinite_run} consecutive step(s) (train.max_nonfinite_steps="
+                    f"{tc.max_nonfinite_steps}); the run folder keeps the last finite checkpoint "
+                    "(lower train.lr, or check the data and the --init-from model)"
+                )
             self.acc["skipped"] += 1
             return None
+        self._nonfinite_run = 0
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         params = list(model.net.parameters())
