@@ -437,3 +437,57 @@ def test_train_init_from_a_nan_model_is_one_line(tmp_path, ckpt):
                    bad, "--no-progress")  # fmt: skip
     _assert_one_line(r, "non-finite weights")
     assert not (tmp_path / "r" / "model_last.safetensors").exists()
+
+
+# ------------------------------------------------------------------ conditioning and DNG
+def test_conditional_models_default_to_a_small_condition_dropout():
+    from crystalflow.config import DEFAULT_COND_DROP_PROB, ModelConfig, load_config
+
+    assert DEFAULT_COND_DROP_PROB == 0.1
+    assert ModelConfig(conditions=["pressure"]).cond_drop_prob == 0.1
+    assert ModelConfig(conditions=["pressure"], cond_drop_prob=0.0).cond_drop_prob == 0.0
+    assert ModelConfig().cond_drop_prob == 0.0
+    for preset in ("mp20-dng-eform", "calypso60-csp-pressure"):
+        assert load_config(preset).model.cond_drop_prob == 0.1
+    # a stored config keeps its value (models trained without dropout stay so)
+    stored = ModelConfig(conditions=["pressure"], cond_drop_prob=0.0).model_dump()
+    assert ModelConfig.model_validate(stored).cond_drop_prob == 0.0
+
+
+@pytest.mark.parametrize("value, warns", [(0.0, False), (-0.5, False), (100.0, False),
+                                          (101.5, True), (-2.0, True)])  # fmt: skip
+def test_pressure_range_check_has_a_tolerance(value, warns):
+    from crystalflow.sampling.checks import check_targets
+    from crystalflow.sampling.request import SamplingOptions
+
+    m = tiny_model(conditions=["pressure"])
+    m.card.condition_ranges["pressure"] = (1e-4, 100.0)  # ambient labelled 1e-4 GPa
+    _, w = check_targets(m, [Target("NaCl", (11, 17), 1, {"pressure": value})], SamplingOptions())
+    assert bool(w) is warns, w
+
+
+def test_dng_decodes_only_training_elements_unless_asked(tmp_path):
+    from test_sampling import ELEMENTS
+
+    m = tiny_model(mode="dng")
+    out = m.sample([4] * 30, steps=2, generator=torch.Generator().manual_seed(0))
+    assert set(out.atomic_numbers.tolist()) <= set(ELEMENTS)
+    wide = m.sample(
+        [4] * 30, steps=2, generator=torch.Generator().manual_seed(0), all_elements=True
+    )
+    assert not set(wide.atomic_numbers.tolist()) <= set(ELEMENTS)  # random weights: anything
+    dng = save_tiny(tmp_path / "dng.safetensors", mode="dng")
+    r = invoke("generate", "-n", "8", "--steps", STEPS, "--checkpoint", dng, "-o", tmp_path / "g",
+               "-q")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    zs = set()
+    for row in json.loads((tmp_path / "g" / "summary.json").read_text())["structures"]:
+        from pymatgen.core import Composition
+
+        zs |= {el.Z for el in Composition(row["formula"])}
+    assert zs <= set(ELEMENTS)
+
+
+def test_generate_help_says_structures_not_per_target():
+    r = invoke("generate", "--help")
+    assert "Structures to generate" in r.output and "per target" not in r.output

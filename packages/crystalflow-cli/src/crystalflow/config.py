@@ -53,6 +53,10 @@ __all__ = [
 TimeSamplerName = Literal["uniform", "logit_normal", "reverse_squared"]
 
 
+#: condition dropout of conditional models unless set (classifier-free guidance needs some)
+DEFAULT_COND_DROP_PROB = 0.1
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -76,8 +80,11 @@ class ModelConfig(_Section):
         Scalar label columns used as conditions (z-scored with train-set mean / population std,
         each expanded on 50 Gaussians).
     cond_drop_prob : float
-        Probability of dropping a crystal's condition during training, for classifier-free guidance
-        (reference: never, i.e. 0; then only guidance 1 and conditional sampling are meaningful).
+        Probability of dropping a crystal's condition during training, for classifier-free
+        guidance. Default: :data:`DEFAULT_COND_DROP_PROB` (0.1, the usual value of the
+        classifier-free guidance literature) when ``conditions`` are given and the value is not
+        set, else 0. The reference never drops (0): then only guidance 1 and conditional sampling
+        are meaningful; set it to 0 explicitly for parity with the reference.
     null_cond : {"zero", "learned"}
         What a dropped condition contributes: nothing (reference) or a learned null vector.
     cond_basis : int
@@ -111,6 +118,14 @@ class ModelConfig(_Section):
         if v % 2:
             raise ValueError(f"time_dim must be even, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _default_cond_dropout(self) -> ModelConfig:
+        # a conditional model trained without dropout cannot be guided (--guidance != 1)
+        if self.conditions and "cond_drop_prob" not in self.model_fields_set:
+            object.__setattr__(self, "cond_drop_prob", DEFAULT_COND_DROP_PROB)
+            self.model_fields_set.add("cond_drop_prob")
+        return self
 
     @field_validator("conditions")
     @classmethod

@@ -425,6 +425,7 @@ class CrystalFlow(nn.Module):
         record: bool = False,
         x0: dict[str, Tensor] | None = None,
         allow_larger: bool = False,
+        all_elements: bool = False,
     ) -> SampleBatch:
         """Generate crystals by integrating the learned flow from the priors.
 
@@ -456,6 +457,9 @@ class CrystalFlow(nn.Module):
             crystals are batched; ``generator`` is then unused.
         allow_larger : bool
             Crystals above ``config.max_atoms`` without the warning (the caller has said so).
+        all_elements : bool
+            DNG: decode atom types to any element of the 13x15 grid (default: only the model's
+            training elements, ``self.elements``).
 
         Returns
         -------
@@ -559,8 +563,11 @@ class CrystalFlow(nn.Module):
         )
         k = sol.state["k"]
         if z is None:
+            # an undertrained model may point at elements it never saw: decode to the training
+            # elements unless told otherwise
+            allowed = None if all_elements or not self.elements else self.elements
             z = torch.as_tensor(
-                decode_species(sol.state["A"].double().cpu().numpy()), dtype=torch.long
+                decode_species(sol.state["A"].double().cpu().numpy(), allowed), dtype=torch.long
             )
         lattice = torch.as_tensor(k_to_lattice(k.double().cpu().numpy()), dtype=torch.float64)
         return SampleBatch(

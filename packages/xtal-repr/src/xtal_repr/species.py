@@ -165,8 +165,26 @@ def encode_species(z: Any) -> Any:
     return out_np
 
 
-def decode_species(v: Any) -> Any:
-    """Atomic numbers (...) of real 28-vectors (..., 28) by the reference rule (see module doc)."""
+def _allowed_cells(allowed: Any) -> np.ndarray:
+    """(13, 15) mask of the cells of the atomic numbers ``allowed``."""
+    zs = np.unique(np.asarray(list(allowed), dtype=np.int64))
+    if zs.size == 0:
+        raise ValueError("allowed: no elements given")
+    mask = np.zeros_like(_VALID)
+    cells = z_to_cell(zs)
+    mask[cells[:, 0], cells[:, 1]] = True
+    return mask
+
+
+def decode_species(v: Any, allowed: Any = None) -> Any:
+    """Atomic numbers (...) of real 28-vectors (..., 28) by the reference rule (see module doc).
+
+    ``allowed`` (atomic numbers, optional) restricts the decoding to those elements: the row is the
+    argmax over the rows holding an allowed element, the column the argmax over that row's allowed
+    cells (with every element allowed this is the reference rule).
+    """
+    cells_ok = _VALID if allowed is None else _allowed_cells(allowed)
+    rows_ok = cells_ok.any(axis=1)
     if is_torch(v):
         import torch
 
@@ -174,9 +192,10 @@ def decode_species(v: Any) -> Any:
             raise ValueError(f"v: expected shape (..., {SPECIES_DIM}), got {tuple(v.shape)}")
         if not bool(torch.isfinite(v).all()):
             raise ValueError("v: contains NaN or infinite entries")
-        valid = torch.as_tensor(_VALID, device=v.device)
+        valid = torch.as_tensor(cells_ok, device=v.device)
         table = torch.as_tensor(_CELL_TO_Z, device=v.device)
-        row = v[..., :GRID_ROWS].argmax(-1)
+        rows = torch.as_tensor(rows_ok, device=v.device)
+        row = v[..., :GRID_ROWS].masked_fill(~rows, float("-inf")).argmax(-1)
         cols = v[..., GRID_ROWS:].masked_fill(~valid[row], float("-inf"))
         return table[row, cols.argmax(-1)]
     v = np.asarray(v, dtype=np.float64)
@@ -184,6 +203,6 @@ def decode_species(v: Any) -> Any:
         raise ValueError(f"v: expected shape (..., {SPECIES_DIM}), got {v.shape}")
     if not np.isfinite(v).all():
         raise ValueError("v: contains NaN or infinite entries")
-    row = v[..., :GRID_ROWS].argmax(-1)
-    cols = np.where(_VALID[row], v[..., GRID_ROWS:], -np.inf)
+    row = np.where(rows_ok, v[..., :GRID_ROWS], -np.inf).argmax(-1)
+    cols = np.where(cells_ok[row], v[..., GRID_ROWS:], -np.inf)
     return _CELL_TO_Z[row, cols.argmax(-1)]

@@ -14,13 +14,16 @@ from typing import Annotated, Any
 
 import typer
 
-__all__ = ["OPTIONS", "request_command"]
+__all__ = ["DNG_N_OPT", "OPTIONS", "request_command"]
 
 _SAMPLING = "Sampling"
 _POST = "Post-processing"
 _OUTPUT = "Output"
 
-N_OPT = Annotated[int, typer.Option("-n", "--num-samples", help="Structures to sample.")]
+N_OPT = Annotated[
+    int, typer.Option("-n", "--num-samples", help="Candidates per target (composition).")
+]
+DNG_N_OPT = Annotated[int, typer.Option("-n", "--num-samples", help="Structures to generate.")]
 OUT_OPT = Annotated[
     Path, typer.Option("-o", "--out", help="Output folder.", rich_help_panel=_OUTPUT)
 ]
@@ -197,6 +200,16 @@ ALLOW_LARGER_OPT = Annotated[
     ),
 ]
 
+ALL_ELEMENTS_OPT = Annotated[
+    bool,
+    typer.Option(
+        "--all-elements",
+        help="Decode atom types to any element (default: only the elements the model was "
+        "trained on).",
+        rich_help_panel=_SAMPLING,
+    ),
+]
+
 #: option name (a SampleRequest field, or ``quiet``) -> (typer annotation, default)
 OPTIONS: dict[str, tuple[Any, Any]] = {
     "formula": (FORMULA_OPT, None),
@@ -225,6 +238,7 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
     "overwrite": (OVERWRITE_OPT, False),
     "quiet": (QUIET_OPT, False),
     "allow_larger": (ALLOW_LARGER_OPT, False),
+    "all_elements": (ALL_ELEMENTS_OPT, False),
 }
 
 

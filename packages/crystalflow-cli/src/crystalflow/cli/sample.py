@@ -14,7 +14,7 @@ from typing import Any
 import typer
 
 from crystalflow.cli.common import guarded
-from crystalflow.cli.options import DNG_NUM_ATOMS_OPT, OUT_OPT, request_command
+from crystalflow.cli.options import DNG_N_OPT, DNG_NUM_ATOMS_OPT, OUT_OPT, request_command
 
 __all__ = ["register", "run_request"]
 
@@ -27,7 +27,7 @@ SAMPLE_OPTIONS = [
 #: generate: the same options less the CSP-only ones
 GENERATE_OPTIONS = [
     n for n in SAMPLE_OPTIONS if n not in ("formula", "from_csv", "formula_units", "allow_larger")
-]
+] + ["all_elements"]
 
 
 def run_request(command: str, values: dict[str, Any]) -> None:
@@ -110,6 +110,10 @@ def register(app: typer.Typer) -> None:
             Example: crystalflow generate -n 1000 --checkpoint dng_run/ --condition
             formation_energy_per_atom=-1.0 --guidance 2.0 -o gen/
             """,
-            overrides={"num_atoms": (DNG_NUM_ATOMS_OPT, None), "out": (OUT_OPT, Path("generated"))},
+            overrides={
+                "num_atoms": (DNG_NUM_ATOMS_OPT, None),
+                "out": (OUT_OPT, Path("generated")),
+                "n": (DNG_N_OPT, 1),
+            },
         )
     )

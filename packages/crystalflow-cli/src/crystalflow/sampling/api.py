@@ -153,8 +153,9 @@ class Prepared:
         from crystalflow import __version__
 
         options = asdict(self.options)
-        if not options["allow_larger"]:  # runs stored before the option existed still resume
-            del options["allow_larger"]
+        for name in ("allow_larger", "all_elements"):
+            if not options[name]:  # runs stored before the option existed still resume
+                del options[name]
         return {
             "command": self.command,
             "checkpoint": self.checkpoint,
@@ -236,6 +237,8 @@ def prepare(
         raise SamplingError("--formula-units applies to `crystalflow sample`")
     elif r.allow_larger:
         raise SamplingError("--allow-larger applies to `crystalflow sample` (CSP)")
+    if r.command == "sample" and r.all_elements:
+        raise SamplingError("--all-elements applies to `crystalflow generate` (DNG)")
     options_ = r.sampling_options()
     post = r.postprocess_options()
     if r.relax:

@@ -60,6 +60,17 @@ def resolve_condition_names(
     return out
 
 
+#: slack of the training-range check, as a fraction of the range's width: labels such as an
+#: ambient pressure of 1e-4 GPa must not make --pressure 0 "outside the training range"
+RANGE_TOLERANCE = 0.01
+
+
+def _within(value: float, rng: tuple[float, float]) -> bool:
+    lo, hi = float(rng[0]), float(rng[1])
+    tol = RANGE_TOLERANCE * ((hi - lo) if hi > lo else max(1.0, abs(hi)))
+    return lo - tol <= value <= hi + tol
+
+
 def check_targets(
     model: CrystalFlow, targets: Sequence[Target], options: SamplingOptions, mode: str = "csp"
 ) -> tuple[list[Target], list[str]]:
@@ -149,7 +160,7 @@ def check_targets(
             )
         for name, value in conds.items():
             rng = model.card.condition_range(name)
-            if rng is not None and not (rng[0] <= value <= rng[1]) and name not in warned:
+            if rng is not None and not _within(value, rng) and name not in warned:
                 warned.add(name)
                 warnings.append(
                     f"{name}={value:g} is outside the training range [{rng[0]:.4g}, {rng[1]:.4g}]; "

@@ -108,6 +108,7 @@ def _sample_batch(
         guidance=options.guidance,
         x0=_per_structure_prior(model, batch, options.seed),
         allow_larger=options.allow_larger,
+        all_elements=options.all_elements,
     )
 
 

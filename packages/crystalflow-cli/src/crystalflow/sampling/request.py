@@ -176,6 +176,9 @@ class SamplingOptions:
         CSP only: accept compositions with more atoms per cell than the model's ``max_atoms``
         (the largest training cell) with a warning instead of an error. The network itself takes
         any size, but it has never seen such cells: expect lower quality.
+    all_elements : bool
+        DNG only: decode atom types to any element of the periodic-table grid instead of only
+        the elements the model was trained on.
     """
 
     steps: int = 100
@@ -185,6 +188,7 @@ class SamplingOptions:
     seed: int = 0
     batch_size: int | None = None
     allow_larger: bool = False
+    all_elements: bool = False
 
     def __post_init__(self) -> None:
         from flowcore.solvers import METHODS
@@ -274,7 +278,7 @@ class SampleRequest:
         Shorthand for the condition ``pressure``.
     conditions : mapping or sequence of "key=value"
         Condition values in physical units (a unique prefix of a model condition is accepted).
-    steps, solver, anti_annealing, guidance, seed, batch_size, allow_larger
+    steps, solver, anti_annealing, guidance, seed, batch_size, allow_larger, all_elements
         See :class:`SamplingOptions`.
     device : str
         ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``...
@@ -312,6 +316,7 @@ class SampleRequest:
     batch_size: int | None = None
     checkpoint: str | os.PathLike[str] | None = None
     allow_larger: bool = False
+    all_elements: bool = False
     drop_closer_than: float | None = None
     symmetrize: bool = False
     dedup: bool = False
@@ -371,6 +376,7 @@ class SampleRequest:
             seed=self.seed,
             batch_size=self.batch_size,
             allow_larger=bool(self.allow_larger),
+            all_elements=bool(self.all_elements),
         )
 
     def postprocess_options(self) -> PostProcessOptions:
