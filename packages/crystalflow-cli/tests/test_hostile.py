@@ -491,3 +491,57 @@ def test_dng_decodes_only_training_elements_unless_asked(tmp_path):
 def test_generate_help_says_structures_not_per_target():
     r = invoke("generate", "--help")
     assert "Structures to generate" in r.output and "per target" not in r.output
+
+
+# ------------------------------------------------------------------------------ numerics
+def test_a_non_finite_state_stops_in_one_line_and_keeps_finished_batches(tmp_path, monkeypatch):
+    from crystalflow.model import CrystalFlow
+
+    m = tiny_model()
+    real = CrystalFlow.velocity
+    calls = {"n": 0}
+
+    def exploding(self, *a, **k):
+        out = real(self, *a, **k)
+        calls["n"] += 1
+        if calls["n"] > 2 * STEPS:  # batches 1 and 2 are fine, batch 3 explodes
+            out = {c: v * float("inf") for c, v in out.items()}
+        return out
+
+    monkeypatch.setattr(CrystalFlow, "velocity", exploding)
+    out = tmp_path / "o"
+    with pytest.raises(
+        SamplingError, match=r"batch 3 of 3: non-finite value .* component '(k|F)' after step 1"
+    ):
+        sampling.execute(prepared(m, formula="NaCl", n=6, batch_size=4), out)
+    run = json.loads((out / "run.json").read_text())
+    assert run["complete"] is False
+    assert len(json.loads((out / "summary.json").read_text())["structures"]) == 4
+    assert len(list(out.glob("*.cif"))) == 4
+
+
+def test_coincident_atoms_written_by_us_read_back(tmp_path):
+    from pymatgen.core import Lattice, Structure
+    from pymatgen.io.cif import CifWriter
+    from xtal_eval.io import parse_cif
+
+    s = Structure(Lattice.cubic(4), ["Na", "Cl", "Na"], [[0, 0, 0], [0.5] * 3, [4e-6, 0, 0]])
+    back = parse_cif(str(CifWriter(s)), "cands.csv row 1")
+    assert len(back) == 3 and back.composition.formula == "Na2 Cl1"
+    assert min(back.distance_matrix[np.triu_indices(3, 1)]) < 1e-4
+
+
+def test_training_warns_with_a_count_about_overlapping_atoms(tmp_path):
+    from crystalflow.data import overlap_warning
+    from pymatgen.core import Lattice, Structure
+    from test_sampling import write_cdvae_csv
+    from xtal_repr import load_dataset
+
+    good = Structure(Lattice.cubic(4), ["Na", "Cl"], [[0, 0, 0], [0.5] * 3])
+    bad = Structure(Lattice.cubic(4), ["Na", "Cl"], [[0, 0, 0], [0.001, 0, 0]])
+    path = tmp_path / "d.csv"
+    write_cdvae_csv(path, [good, bad, bad], ["g", "b1", "b2"])
+    ds = load_dataset(path, label_columns=[], cache=False, workers=1)
+    line = overlap_warning(ds, "training data")
+    assert line is not None and "2 of 3 structures have atoms closer than 0.5 A" in line
+    assert "shortest 0.004 A" in line  # 0.001 of 4 A

@@ -132,3 +132,28 @@ def test_a_dataset_reports_the_hostile_row_and_keeps_the_rest(tmp_path):
     reasons = {s.row: s.reason for s in ds.skipped}
     assert "symmetry operations" in reasons[2] and "transform" in reasons[3]
     assert "unknown element 'Xx'" in reasons[5]
+
+
+def test_dataset_min_distances_equal_pymatgen():
+    import numpy as np
+    from pymatgen.core import Lattice, Structure
+    from xtal_repr import CrystalDataset
+
+    rng = np.random.default_rng(0)
+    structs = []
+    for _ in range(25):
+        n = int(rng.integers(1, 7))
+        lat = Lattice.from_parameters(*rng.uniform(2.5, 7, 3), *rng.uniform(65, 115, 3))
+        s = Structure(lat, ["Si"] * n, rng.random((n, 3))).get_reduced_structure("niggli")
+        structs.append(s)
+    ds = CrystalDataset.from_crystals([Crystal.from_pymatgen(s) for s in structs])
+    got = ds.min_distances()
+    for s, d in zip(structs, got, strict=True):
+        if len(s) > 1:
+            m = s.distance_matrix
+            ref = min(m[np.triu_indices(len(s), 1)].min(), min(s.lattice.abc))
+        else:
+            ref = min(s.lattice.abc)
+        # pymatgen's distance_matrix is minimum-image; the shortest lattice vector bounds self-images
+        ref = min(ref, min(np.linalg.norm(v) for v in s.lattice.get_lll_reduced_lattice().matrix))
+        assert d == pytest.approx(ref, abs=1e-9)

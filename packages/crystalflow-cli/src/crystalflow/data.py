@@ -37,6 +37,8 @@ __all__ = [
     "condition_ranges",
     "fit_normalizer",
     "load_splits",
+    "overlap_warning",
+    "OVERLAP_DISTANCE",
     "num_atoms_histogram",
     "resolve_sources",
 ]
@@ -222,6 +224,27 @@ def load_splits(
     if cfg.limit_val is not None and cfg.limit_val < len(val):
         val = val.subset(np.arange(cfg.limit_val))
     return train, val
+
+
+#: one minimum-distance rule for reading and writing: atoms closer than this (Angstrom) make a
+#: structure invalid (the benchmarks' structural-validity threshold)
+OVERLAP_DISTANCE = 0.5
+
+
+def overlap_warning(ds: CrystalDataset, what: str) -> str | None:
+    """A one-line warning when structures of ``ds`` have atoms closer than
+    :data:`OVERLAP_DISTANCE` (they are kept as given), else ``None``."""
+    if len(ds) == 0:
+        return None
+    d = ds.min_distances()
+    bad = np.nonzero(d < OVERLAP_DISTANCE)[0]
+    if not len(bad):
+        return None
+    worst = int(bad[np.argmin(d[bad])])
+    return (
+        f"{what}: {len(bad)} of {len(ds)} structures have atoms closer than {OVERLAP_DISTANCE} A "
+        f"(shortest {d[worst]:.3g} A in {ds.ids[worst]!r}); they are used as given"
+    )
 
 
 # ---------------------------------------------------------------------- statistics

@@ -560,6 +560,9 @@ class CrystalFlow(nn.Module):
             guidance_weight=guidance,
             uncond_velocity_fn=uncond,
             record=record,
+            # stop at the first step that produced NaN/inf, naming the component and the step
+            # (otherwise the network's input check fails one step later, less clearly)
+            check_finite="step",
         )
         k = sol.state["k"]
         if z is None:

@@ -104,6 +104,24 @@ class CrystalDataset(Sequence[Crystal]):
                 raise DatasetError(f"label {name!r} has shape {v.shape}, expected ({m},)")
         self._offsets = np.concatenate([[0], np.cumsum(self.num_atoms)]).astype(np.int64)
 
+    def min_distances(self) -> np.ndarray:
+        """(M,) shortest interatomic distance of each crystal in Angstrom, periodic images
+        included (a one-atom cell: its shortest lattice vector). Exact for reduced (e.g. Niggli)
+        cells, where the 27 neighbouring images of the minimum-image difference suffice."""
+        shifts = np.array(np.meshgrid([-1, 0, 1], [-1, 0, 1], [-1, 0, 1])).reshape(3, -1).T
+        out = np.empty(len(self))
+        off = self.offsets
+        for i in range(len(self)):
+            f = self.frac_coords[off[i] : off[i + 1]]
+            d = f[:, None, :] - f[None, :, :]
+            d -= np.round(d)
+            cart = (d[:, :, None, :] + shifts[None, None]) @ self.lattices[i]  # (n, n, 27, 3)
+            r = np.sqrt((cart**2).sum(-1))
+            n = len(f)
+            r[np.arange(n), np.arange(n), 13] = np.inf  # an atom and itself (zero shift)
+            out[i] = r.min()
+        return out
+
     @property
     def offsets(self) -> np.ndarray:
         """(M + 1,) start index of each crystal's atoms in the concatenated arrays."""

@@ -85,6 +85,22 @@ def run_request(command: str, values: dict[str, Any]) -> None:
         + ")",
         err=False,
     )
+    from crystalflow.data import OVERLAP_DISTANCE
+
+    close = sum(
+        1
+        for r in rows
+        if r.get("kept", True)
+        and isinstance(r.get("min_distance"), (int, float))
+        and r["min_distance"] < OVERLAP_DISTANCE
+    )
+    if close:
+        typer.echo(
+            f"warning: {close} of {kept} kept structures have atoms closer than "
+            f"{OVERLAP_DISTANCE} A (valid_structure=false in summary.csv; --drop-closer-than "
+            f"{OVERLAP_DISTANCE} leaves such structures out)",
+            err=True,
+        )
     sys.stdout.flush()
 
 

@@ -14,6 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from crystalflow.errors import SamplingError
 from crystalflow.sampling.plan import Job, group_batches_by_conditions, job_seed, plan_batches
 from crystalflow.sampling.postprocess import PostProcessor
 from crystalflow.sampling.request import PostProcessOptions, SamplingOptions
@@ -145,6 +146,8 @@ def run(
     -------
     RunResult
     """
+    from flowcore.solvers import NonFiniteError
+
     writer = writer if writer is not None else MemoryWriter()
     post = PostProcessor(postprocess, device=device)
     batches = group_batches_by_conditions(
@@ -199,7 +202,14 @@ def run(
         for b, batch in enumerate(batches):
             if b in done_batches:
                 continue
-            out = _sample_batch(model, targets, batch, options, device)
+            try:
+                out = _sample_batch(model, targets, batch, options, device)
+            except NonFiniteError as exc:
+                raise SamplingError(
+                    f"sampling stopped in batch {b + 1} of {len(batches)}: {exc}; the structures "
+                    "finished before it are kept (another --solver, more --steps or another "
+                    "model may avoid it)"
+                ) from None
             crystals = out.to_crystals()
             collect()
             pending = pool.submit(finish, b, batch, out, crystals)

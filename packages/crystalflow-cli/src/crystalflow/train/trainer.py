@@ -29,6 +29,7 @@ from crystalflow.data import (
     fit_normalizer,
     load_splits,
     num_atoms_histogram,
+    overlap_warning,
 )
 from crystalflow.distributed import DistInfo, all_reduce_, barrier, cleanup, setup
 from crystalflow.errors import CheckpointError, ConfigError, TrainingError
@@ -79,6 +80,10 @@ class Trainer:
         if self.dist.is_main:
             barrier(self.dist)
         self.num_train, self.num_val = len(train_ds), len(val_ds)
+        for what, ds in (("training", train_ds), ("validation", val_ds)):
+            line = overlap_warning(ds, f"{what} data")
+            if line:
+                self.log.line(f"warning: {line}")
         init = None
         if state is None:
             normalizer = fit_normalizer(train_ds, config.model.conditions)
