@@ -545,3 +545,22 @@ def test_training_warns_with_a_count_about_overlapping_atoms(tmp_path):
     line = overlap_warning(ds, "training data")
     assert line is not None and "2 of 3 structures have atoms closer than 0.5 A" in line
     assert "shortest 0.004 A" in line  # 0.001 of 4 A
+
+
+@pytest.mark.parametrize("lattice, why", [
+    (np.diag([1e5, 4.0, 4.0]), "lattice length"),
+    (np.diag([4.0, 4.0, 1e-6]), "lattice length"),
+    (np.array([[4.0, 0, 0], [4.0, 1e-3, 0], [0, 0, 4.0]]), "lattice angle"),
+    (np.diag([900.0, 900.0, 900.0]), "volume per atom"),
+])  # fmt: skip
+def test_absurd_cells_are_reported_not_analysed(lattice, why):
+    from crystalflow.sampling.postprocess import PostProcessor
+    from crystalflow.sampling.request import PostProcessOptions
+    from pymatgen.core import Lattice, Structure
+
+    s = Structure(Lattice(lattice), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    t0 = time.perf_counter()
+    pr = PostProcessor(PostProcessOptions(dedup=True, symmetrize=True))(s, "x_000", "0")
+    assert time.perf_counter() - t0 < 5
+    assert pr.row["kept"] is False and pr.row["dropped_reason"].startswith("absurd_cell")
+    assert why in pr.row["dropped_reason"] and pr.row["valid_structure"] is False

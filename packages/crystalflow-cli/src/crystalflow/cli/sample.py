@@ -87,6 +87,15 @@ def run_request(command: str, values: dict[str, Any]) -> None:
     )
     from crystalflow.data import OVERLAP_DISTANCE
 
+    absurd = sum(1 for r in rows if str(r.get("dropped_reason", "")).startswith("absurd_cell"))
+    if absurd:
+        typer.echo(
+            f"warning: {absurd} structures have absurd cells (a diverged sample: extreme "
+            "lengths, volume or angles); they are listed in summary.csv (dropped_reason) but not "
+            "analysed or written",
+            err=True,
+        )
+
     close = sum(
         1
         for r in rows

@@ -119,6 +119,61 @@ def structure_validity(structure: Structure) -> dict[str, bool | None]:
     }
 
 
+#: bounds of a cell worth analysing: beyond them pymatgen's neighbour search and spglib can run
+#: out of memory or time (a diverged sample); such cells are reported, not analysed
+ABSURD_LENGTH = (1e-2, 1e3)  # Angstrom
+ABSURD_VOLUME_PER_ATOM = (1e-3, 1e4)  # Angstrom^3
+ABSURD_ANGLE = (1.0, 179.0)  # degrees
+
+
+def absurd_cell(structure: Structure) -> str | None:
+    """Why the cell is too extreme to analyse (``None`` when it is not)."""
+    m = np.asarray(structure.lattice.matrix, dtype=float)
+    if not np.isfinite(m).all() or not np.isfinite(structure.frac_coords).all():
+        return "non-finite lattice or coordinates"
+    lengths = np.linalg.norm(m, axis=1)
+    if lengths.min() < ABSURD_LENGTH[0] or lengths.max() > ABSURD_LENGTH[1]:
+        return f"lattice length {lengths.min():.3g}-{lengths.max():.3g} A"
+    vpa = abs(float(np.linalg.det(m))) / max(1, len(structure))
+    if not ABSURD_VOLUME_PER_ATOM[0] <= vpa <= ABSURD_VOLUME_PER_ATOM[1]:
+        return f"volume per atom {vpa:.3g} A^3"
+    angles = structure.lattice.angles
+    if min(angles) < ABSURD_ANGLE[0] or max(angles) > ABSURD_ANGLE[1]:
+        return f"lattice angle {min(angles):.3g}-{max(angles):.3g} degrees"
+    return None
+
+
+def _analyze_absurd(structure: Structure, symprec: float) -> dict[str, Any]:
+    """The summary columns of a cell :func:`absurd_cell` refuses (no neighbour search)."""
+    m = np.asarray(structure.lattice.matrix, dtype=float)
+    finite = bool(np.isfinite(m).all())
+    lengths = np.linalg.norm(m, axis=1) if finite else [math.nan] * 3
+    angles = structure.lattice.angles if finite else (math.nan,) * 3
+    volume = abs(float(np.linalg.det(m))) if finite else math.nan
+    comp = structure.composition
+    return {
+        "formula": comp.formula.replace(" ", ""),
+        "reduced_formula": comp.reduced_formula,
+        "num_atoms": len(structure),
+        "a": float(lengths[0]),
+        "b": float(lengths[1]),
+        "c": float(lengths[2]),
+        "alpha": float(angles[0]),
+        "beta": float(angles[1]),
+        "gamma": float(angles[2]),
+        "volume": volume,
+        "volume_per_atom": volume / max(1, len(structure)),
+        "density": None,
+        "spacegroup_number": None,
+        "spacegroup_symbol": None,
+        "symprec": symprec,
+        "min_distance": None,
+        "odd_lattice": True,
+        "valid_structure": False,
+        "valid_composition": None,
+    }
+
+
 def analyze(
     structure: Structure,
     symprec: float = DEFAULT_SYMPREC,
@@ -318,6 +373,10 @@ class PostProcessor:
             "symmetrized": False,
             "energy_per_atom": None,
         }
+        why = absurd_cell(structure)
+        if why is not None:  # a diverged sample: reported, never analysed or written
+            extra.update(kept=False, dropped_reason=f"absurd_cell: {why}")
+            return Processed(structure, {**_analyze_absurd(structure, o.symprec), **extra})
         raw_dmin = min_distance(structure)
         if o.drop_closer_than is not None and raw_dmin < o.drop_closer_than:
             extra.update(kept=False, dropped_reason=f"min_distance<{o.drop_closer_than:g}")
