@@ -564,3 +564,19 @@ def test_absurd_cells_are_reported_not_analysed(lattice, why):
     assert time.perf_counter() - t0 < 5
     assert pr.row["kept"] is False and pr.row["dropped_reason"].startswith("absurd_cell")
     assert why in pr.row["dropped_reason"] and pr.row["valid_structure"] is False
+
+
+def test_training_writes_its_curve_and_plot_on_demand(tmp_path):
+    pytest.importorskip("matplotlib")
+    from crystalflow.train import train
+    from test_train import tiny
+
+    out = tmp_path / "r"
+    train(tiny("train.epochs=2"), out, progress=False)
+    png = out / "training_curve.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    png.unlink()
+    r = _train_cli("--plot", out)
+    assert r.exit_code == 0 and png.is_file(), r.output
+    r = _train_cli("--plot", tmp_path)
+    _assert_one_line(r, "not a training run folder")

@@ -199,7 +199,21 @@ def register(app: typer.Typer) -> None:
         list_presets: Annotated[
             bool, typer.Option("--list-presets", help="List presets and exit.")
         ] = False,
+        plot: Annotated[
+            str | None,
+            typer.Option(
+                "--plot",
+                metavar="RUN",
+                help="Write RUN/training_curve.png (train/val loss per epoch) and exit.",
+            ),
+        ] = None,
     ) -> None:
+        if plot is not None:
+            from crystalflow.train.plot import plot_training_curve
+
+            with guarded():
+                typer.echo(f"wrote {plot_training_curve(plot)}")
+            return
         if list_presets:
             from crystalflow.config import list_presets as _list
 

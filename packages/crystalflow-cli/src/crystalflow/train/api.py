@@ -69,9 +69,27 @@ def train(config: RunConfig, out: str | Path, *, progress: bool = True) -> Train
                 f", run folder {run_dir}"
             )
         barrier(trainer.dist)
-        return trainer.run()
+        return _with_curve(trainer, trainer.run())
     finally:
         trainer.close()
+
+
+def _with_curve(trainer: Trainer, result: TrainResult) -> TrainResult:
+    """Write ``training_curve.png`` at the end of a training call (rank 0; skipped in one log line
+    without matplotlib)."""
+    if trainer.dist.is_main:
+        from xtal_repr.fileio import MissingDependencyError
+
+        from crystalflow.train.plot import plot_training_curve
+
+        try:
+            path = plot_training_curve(trainer.run_dir)
+            trainer.log.line(f"training curve: {path}")
+        except MissingDependencyError as exc:
+            trainer.log.line(f"training curve not written: {exc}")
+        except CheckpointError:
+            pass  # no finished epoch yet
+    return result
 
 
 def resume(
@@ -149,6 +167,6 @@ def resume(
                 else f"crystalflow train: no checkpoint in {run_dir} yet; starting it again"
             )
         barrier(trainer.dist)
-        return trainer.run()
+        return _with_curve(trainer, trainer.run())
     finally:
         trainer.close()
