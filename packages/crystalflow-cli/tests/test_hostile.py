@@ -580,3 +580,27 @@ def test_training_writes_its_curve_and_plot_on_demand(tmp_path):
     assert r.exit_code == 0 and png.is_file(), r.output
     r = _train_cli("--plot", tmp_path)
     _assert_one_line(r, "not a training run folder")
+
+
+def test_extxyz_carries_the_summary_info_and_cells_are_oriented(tmp_path):
+    pytest.importorskip("ase")
+    from ase.io import read as ase_read
+    from pymatgen.io.vasp import Poscar
+
+    m = tiny_model(conditions=["pressure"])
+    out = tmp_path / "o"
+    sampling.execute(
+        prepared(m, formula="NaCl", n=2, pressure=5.0), out, formats=["cif", "poscar", "extxyz"]
+    )
+    atoms = ase_read(out / "Na1Cl1_001.extxyz", format="extxyz")
+    assert atoms.info["id"] == "Na1Cl1_001" and atoms.info["candidate"] == 1
+    assert atoms.info["cond_pressure"] == pytest.approx(5.0) and atoms.info["target_id"] == "Na1Cl1"
+    cell = np.asarray(atoms.cell)
+    assert abs(cell[0, 1]) < 1e-8 and abs(cell[0, 2]) < 1e-8 and abs(cell[1, 2]) < 1e-8
+    pos = Poscar.from_file(out / "Na1Cl1_001.vasp").structure
+    assert abs(pos.lattice.matrix[0, 1]) < 1e-8 and abs(pos.lattice.matrix[1, 2]) < 1e-8
+    from pymatgen.core import Structure
+
+    cif = Structure.from_file(out / "Na1Cl1_001.cif")
+    assert np.allclose(cif.lattice.abc, pos.lattice.abc, atol=1e-5)
+    assert np.allclose(cif.lattice.angles, pos.lattice.angles, atol=1e-4)

@@ -18,7 +18,9 @@ only the missing batches (the batch plan and seeds are deterministic, see
 :func:`crystalflow.sampling.plan.plan_batches`).
 
 ``samples.npz`` arrays: ``ids``, ``target_ids`` (B,) str; ``target_index``, ``candidate``,
-``num_atoms`` (B,) int; ``lattices`` (B, 3, 3) Angstrom, rows = vectors; ``k`` (B, 6);
+``num_atoms`` (B,) int; ``lattices`` (B, 3, 3) Angstrom, rows = vectors, in the model's symmetric
+orientation (the matrix of k; the POSCAR/extxyz files are rotated to ``a`` along x, ``b`` in the
+xy plane, with the same fractional coordinates); ``k`` (B, 6);
 ``lengths`` (B, 3); ``angles`` (B, 3) degrees; ``frac_coords`` (N, 3); ``atomic_numbers`` (N,);
 ``cond_<name>`` (B,) for each condition; ``meta`` a JSON string (the run manifest without targets);
 ``final_num_atoms``, ``final_lattices``, ``final_frac_coords``, ``final_atomic_numbers``: the
@@ -414,7 +416,7 @@ class RunWriter(MemoryWriter):
                 text = cif
             else:
                 s = s or structure_from_json(final)
-                text = structure_text(s, fmt, row["id"])
+                text = structure_text(s, fmt, row["id"], info=row)
             atomic_write_text(self.out_dir / name, text, fsync=False)
         return files[0]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -72,20 +72,57 @@ def npz_bytes(arrays: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
-def structure_text(structure: Structure, fmt: str, comment: str | None = None) -> str:
-    """Text of ``structure`` as ``cif`` (P1), ``poscar`` or ``extxyz``."""
+def oriented(structure: Structure) -> Structure:
+    """The same crystal with the usual orientation: ``a`` along x, ``b`` in the xy plane
+    (fractional coordinates unchanged). The model's lattices (from k) are symmetric matrices."""
+    from pymatgen.core import Lattice, Structure
+
+    lat = Lattice.from_parameters(*structure.lattice.abc, *structure.lattice.angles, vesta=True)
+    return Structure(lat, structure.species, structure.frac_coords)
+
+
+#: summary columns copied into the extxyz ``info`` line (plus every ``cond_<name>``)
+EXTXYZ_INFO = (
+    "id",
+    "target_id",
+    "candidate",
+    "energy_per_atom",
+    "energy_rank",
+    "spacegroup_number",
+    "valid_structure",
+)
+
+
+def structure_text(
+    structure: Structure,
+    fmt: str,
+    comment: str | None = None,
+    info: Mapping[str, Any] | None = None,
+) -> str:
+    """Text of ``structure`` as ``cif`` (P1), ``poscar`` or ``extxyz``.
+
+    POSCAR and extxyz cells are written with ``a`` along x and ``b`` in the xy plane
+    (:func:`oriented`); extxyz carries ``info`` (the id, target, conditions, energy, ... of the
+    summary row: :data:`EXTXYZ_INFO` and ``cond_*``) on its comment line.
+    """
     from xtal_repr import Crystal
 
-    c = Crystal.from_pymatgen(structure, id=comment)
     if fmt == "cif":
-        return c.to_cif()
+        return Crystal.from_pymatgen(structure, id=comment).to_cif()
+    c = Crystal.from_pymatgen(oriented(structure), id=comment)
     if fmt == "poscar":
         return c.to_poscar(comment)
     if fmt == "extxyz":
         from ase.io import write as ase_write
 
+        atoms = c.to_ase()
+        for k, v in (info or {}).items():
+            if (k in EXTXYZ_INFO or k.startswith("cond_")) and v is not None and v != "":
+                atoms.info[k] = v.item() if hasattr(v, "item") else v
+        if comment and "id" not in atoms.info:
+            atoms.info["id"] = comment
         buf = io.StringIO()
-        ase_write(buf, c.to_ase(), format="extxyz")
+        ase_write(buf, atoms, format="extxyz")
         return buf.getvalue()
     raise OutputError(f"unknown structure format {fmt!r} (expected one of {', '.join(FORMATS)})")
 
