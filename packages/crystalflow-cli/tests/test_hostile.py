@@ -604,3 +604,34 @@ def test_extxyz_carries_the_summary_info_and_cells_are_oriented(tmp_path):
     cif = Structure.from_file(out / "Na1Cl1_001.cif")
     assert np.allclose(cif.lattice.abc, pos.lattice.abc, atol=1e-5)
     assert np.allclose(cif.lattice.angles, pos.lattice.angles, atol=1e-4)
+
+
+def _corrupt_gzip(path):
+    import gzip
+
+    data = gzip.compress(b"material_id,cif\n" + b"a,b\n" * 5000)
+    path.write_bytes(data[:40] + bytes(200) + data[240:])
+    return path
+
+
+@pytest.mark.parametrize("command", ["sample", "evaluate-csp", "evaluate-dng", "train"])
+def test_corrupt_gzip_is_one_line_naming_the_file(tmp_path, ckpt, command):
+    bad = _corrupt_gzip(tmp_path / "bad.csv.gz")
+    if command == "sample":
+        r = invoke("sample", "--from-csv", bad, "--checkpoint", ckpt, "-o", tmp_path / "o", "-q")
+    elif command == "evaluate-csp":
+        r = _eval("csp", "--pred", bad, "--targets", bad, "-q")
+    elif command == "evaluate-dng":
+        r = _eval("dng", "--pred", bad, "--reference", bad, "-q")
+    else:
+        r = _train_cli("--preset", "tiny", "--train", bad, "--val", bad, "--out", tmp_path / "r")
+    _assert_one_line(r, str(bad))
+    assert "error: error:" not in r.stderr
+
+
+def test_sample_row_errors_do_not_suggest_api_arguments(tmp_path, ckpt):
+    path = tmp_path / "t.csv"
+    path.write_text('material_id,cif\nm1,"not a cif"\n')
+    r = invoke("sample", "--from-csv", path, "--checkpoint", ckpt, "-o", tmp_path / "o", "-q")
+    assert_one_line_error(r, tmp_path / "o", "row 1")
+    assert "on_error" not in r.stderr and "fix or remove that row" in r.stderr

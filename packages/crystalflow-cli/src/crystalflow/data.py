@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 from xtal_repr import CrystalDataset, DatasetError, element_symbol, load_dataset, wrap
+from xtal_repr.datasets import DatasetRowError
 
 from crystalflow.config import DataConfig, ModelConfig
 from crystalflow.errors import DataError
@@ -127,12 +128,13 @@ def _read(
         kwargs = {}
     try:
         ds = load_dataset(path, **kwargs)
-    except DatasetError as exc:
-        msg = str(exc).replace(
-            "(use on_error='skip' to leave such rows out)",
-            "(set data.on_error=skip to leave such rows out, or raise model.max_atoms)",
+    except DatasetRowError as exc:
+        hint = "set data.on_error=skip to leave such rows out" + (
+            ", or raise model.max_atoms" if "exceed the limit" in str(exc) else ""
         )
-        raise DataError(f"{what}: {msg}") from None
+        raise DataError(f"{what}: {exc} ({hint})") from None
+    except DatasetError as exc:
+        raise DataError(f"{what}: {exc}") from None
     except (OSError, ValueError) as exc:
         raise DataError(f"{what} {path}: cannot read: {exc}") from None
     if len(ds) == 0:

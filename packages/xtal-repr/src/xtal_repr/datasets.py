@@ -57,6 +57,10 @@ class DatasetError(ValueError):
     """A dataset that cannot be read as asked (the message names file, row and column)."""
 
 
+class DatasetRowError(DatasetError):
+    """One row (or file) cannot be used; with ``on_error='skip'`` such rows are left out."""
+
+
 @dataclass(frozen=True)
 class SkippedRow:
     """A row (or file) left out with ``on_error='skip'``: 1-based data row, id and the reason."""
@@ -387,10 +391,7 @@ def _assemble(
             reason = f"{len(payload[2])} atoms exceed the limit of {max_atoms}"
         if reason is not None:
             if on_error == "raise":
-                raise DatasetError(
-                    f"{source}: {what} {rows[j]} (id {ids[j]!r}): {reason} "
-                    "(use on_error='skip' to leave such rows out)"
-                )
+                raise DatasetRowError(f"{source}: {what} {rows[j]} (id {ids[j]!r}): {reason}")
             skipped.append(SkippedRow(rows[j], ids[j], reason))
             continue
         keep.append(j)

@@ -234,6 +234,7 @@ def targets_from_csv(
         Unreadable file, missing columns, bad rows (the message names file, row and column).
     """
     from xtal_repr import CsvReadError, DatasetError, read_csv_dataset, read_csv_rows
+    from xtal_repr.datasets import DatasetRowError
 
     p = Path(path)
     if not p.is_file():
@@ -295,6 +296,8 @@ def targets_from_csv(
     if "cif" in header:
         try:
             ds = read_csv_dataset(p, label_columns=[], niggli=False, workers=workers)
+        except DatasetRowError as exc:
+            raise SamplingError(f"--from-csv {exc} (fix or remove that row)") from None
         except DatasetError as exc:
             raise SamplingError(f"--from-csv {exc}") from None
         for j in range(len(ds)):
