@@ -298,7 +298,7 @@ def test_sampling_errors():
         dng.sample([2], x0={**good, "A": torch.zeros(2, 5)}, steps=2)
     with pytest.raises(ValueError, match="x0 lacks component 'A'"):
         dng.sample([2], x0={"k": good["k"], "F": good["F"]}, steps=2)
-    cond = _model(conditions=["pressure"])
+    cond = _model(conditions=["pressure"], cond_drop_prob=0.0)  # the reference: never dropped
     with pytest.raises(ValueError, match="cannot sample unconditionally"):
         cond.sample([1], [1])
     with pytest.raises(ValueError, match="trained with condition dropout"):

@@ -90,7 +90,15 @@ def resolve_sources(cfg: DataConfig) -> DataSources:
         if train is not None:
             return DataSources(train, _find(root, _VAL_NAMES, "val"))
         tables = sorted(p.name for p in root.glob("*.csv*") if p.is_file())
-        if tables:  # a split folder without its train split (not a folder of structure files)
+        structure_files = any(
+            p.is_file()
+            and (
+                p.suffix.lower() in {".cif", ".vasp", ".poscar", ".extxyz"}
+                or p.name.upper().startswith(("POSCAR", "CONTCAR"))
+            )
+            for p in root.iterdir()
+        )
+        if tables and not structure_files:  # split files, but not the train split
             raise DataError(
                 f"--data {root}: no training split ({' / '.join(_TRAIN_NAMES)}); found "
                 f"{', '.join(tables)}; pass --train FILE (and --val FILE) to use one of them"
