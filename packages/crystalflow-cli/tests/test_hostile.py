@@ -635,3 +635,69 @@ def test_sample_row_errors_do_not_suggest_api_arguments(tmp_path, ckpt):
     r = invoke("sample", "--from-csv", path, "--checkpoint", ckpt, "-o", tmp_path / "o", "-q")
     assert_one_line_error(r, tmp_path / "o", "row 1")
     assert "on_error" not in r.stderr and "fix or remove that row" in r.stderr
+
+
+def test_partial_conditions_with_independent_dropout(tmp_path):
+    from crystalflow.config import ModelConfig
+    from crystalflow.sampling.checks import check_targets
+    from crystalflow.sampling.request import SamplingOptions
+
+    names = ["formation_energy_per_atom", "band_gap"]
+    assert ModelConfig(conditions=names).cond_drop_mode == "independent"
+    assert ModelConfig(conditions=names, cond_drop_prob=0.2).cond_drop_mode == "joint"
+    m = tiny_model(mode="dng", conditions=names, cond_drop_prob=0.1)
+    assert not m.partial_conditions  # joint dropout: all or none
+    t = [Target("gen", None, 2, {"formation_energy_per_atom": -1.5}, (3, 3))]
+    with pytest.raises(SamplingError, match="missing condition.*band_gap.*independent"):
+        check_targets(m, t, SamplingOptions(), mode="dng")
+    m.config = m.config.model_copy(update={"cond_drop_mode": "independent"})
+    assert m.partial_conditions
+    _, warns = check_targets(m, t, SamplingOptions(), mode="dng")
+    warns = [w for w in warns if "not given" in w]  # (the value is also outside the tiny range)
+    assert len(warns) == 1 and "band_gap not given: sampled with the null condition" in warns[0]
+    g = torch.Generator().manual_seed(0)
+    part = m.sample([3, 3], conditions={"formation_energy_per_atom": -1.5}, steps=2, generator=g)
+    assert torch.isfinite(part.frac).all()
+
+
+def test_per_condition_mask_is_the_null_condition_per_block():
+    from flowcore.gnn.network import PeriodicGNN
+
+    torch.manual_seed(0)
+    for null in ("zero", "learned"):
+        net = PeriodicGNN(hidden=16, num_layers=1, time_dim=8, num_freqs=4, num_millers=2,
+                          n_cond=2, cond_basis=5, null_cond=null)  # fmt: skip
+        if null == "learned":
+            torch.nn.init.normal_(net.cond_null)
+        cond = torch.tensor([[0.3, -1.0], [1.2, 0.4]])
+        both = torch.ones(2, 2, dtype=torch.bool)
+        enc_all, gate_all = net._condition_encoding(cond, None, 2, torch.float32)
+        enc_b, gate_b = net._condition_encoding(cond, both, 2, torch.float32)
+        assert torch.equal(enc_all, enc_b)
+        first = torch.tensor([[True, False], [True, False]])
+        enc, gate = net._condition_encoding(cond, first, 2, torch.float32)
+        assert torch.equal(enc[:, :5], enc_all[:, :5])  # the given condition is unchanged
+        null_block = torch.zeros(2, 5) if null == "zero" else net.cond_null[5:].expand(2, 5)
+        assert torch.allclose(enc[:, 5:], null_block)
+        # (B,) mask = all conditions of a graph together (the reference)
+        joint = torch.tensor([True, False])
+        enc_j, gate_j = net._condition_encoding(cond, joint, 2, torch.float32)
+        enc_j2, gate_j2 = net._condition_encoding(
+            cond, joint[:, None].expand(2, 2), 2, torch.float32
+        )
+        assert torch.equal(enc_j, enc_j2)
+        if null == "zero":
+            assert gate_j.flatten().tolist() == [1.0, 0.0] and gate.flatten().tolist() == [1.0, 1.0]
+
+
+def test_training_with_independent_condition_dropout_runs(tmp_path):
+    from crystalflow.checkpoint import load_model
+    from crystalflow.train import train
+    from test_train import tiny
+
+    cfg = tiny("model.mode=dng", "model.conditions=[heat_ref]", "model.cond_drop_prob=0.5",
+               "model.cond_drop_mode=independent", "train.max_steps=3")  # fmt: skip
+    res = train(cfg, tmp_path / "r", progress=False)
+    assert res.step == 3
+    m = load_model(tmp_path / "r", which="last")
+    assert m.config.cond_drop_mode == "independent"

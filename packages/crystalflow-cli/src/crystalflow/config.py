@@ -85,6 +85,12 @@ class ModelConfig(_Section):
         classifier-free guidance literature) when ``conditions`` are given and the value is not
         set, else 0. The reference never drops (0): then only guidance 1 and conditional sampling
         are meaningful; set it to 0 explicitly for parity with the reference.
+    cond_drop_mode : {"joint", "independent"}
+        ``joint`` (reference): a crystal's conditions are dropped together; ``independent``: each
+        with probability ``cond_drop_prob`` on its own, so the model learns every subset and
+        sampling may give only some conditions (the others take the null condition). Default:
+        ``independent`` for several conditions when the dropout is the default one, else
+        ``joint`` (stored configs without the field: ``joint``).
     null_cond : {"zero", "learned"}
         What a dropped condition contributes: nothing (reference) or a learned null vector.
     cond_basis : int
@@ -107,6 +113,7 @@ class ModelConfig(_Section):
     lambda_A: float = Field(10.0, ge=0)
     conditions: list[str] = Field(default_factory=list)
     cond_drop_prob: float = Field(0.0, ge=0, lt=1)
+    cond_drop_mode: Literal["joint", "independent"] = "joint"
     null_cond: Literal["zero", "learned"] = "zero"
     cond_basis: int = Field(50, ge=2)
     max_atoms: int = Field(20, ge=1)
@@ -121,10 +128,14 @@ class ModelConfig(_Section):
 
     @model_validator(mode="after")
     def _default_cond_dropout(self) -> ModelConfig:
-        # a conditional model trained without dropout cannot be guided (--guidance != 1)
+        # a conditional model trained without dropout cannot be guided (--guidance != 1); with
+        # several conditions, dropping each on its own lets a user give only some of them
         if self.conditions and "cond_drop_prob" not in self.model_fields_set:
             object.__setattr__(self, "cond_drop_prob", DEFAULT_COND_DROP_PROB)
             self.model_fields_set.add("cond_drop_prob")
+            if len(self.conditions) > 1 and "cond_drop_mode" not in self.model_fields_set:
+                object.__setattr__(self, "cond_drop_mode", "independent")
+                self.model_fields_set.add("cond_drop_mode")
         return self
 
     @field_validator("conditions")

@@ -272,18 +272,34 @@ class CrystalFlow(nn.Module):
         net = compiled if compiled is not None else self.net
         return net(t, atoms, frac, k, batch, num_graphs, cond, cond_mask, graph=graph)
 
-    def normalize_conditions(self, values: dict[str, Any], num_graphs: int, device=None) -> Tensor:
-        """Physical-unit condition values -> (B, C) z-scored tensor (order of config.conditions)."""
+    @property
+    def partial_conditions(self) -> bool:
+        """Whether some conditions may be left out at sampling (trained with independent
+        condition dropout): they then take the null condition."""
+        c = self.config
+        return len(c.conditions) > 1 and c.cond_drop_prob > 0 and c.cond_drop_mode == "independent"
+
+    def normalize_conditions(
+        self, values: dict[str, Any], num_graphs: int, device=None, partial: bool = False
+    ) -> Tensor:
+        """Physical-unit condition values -> (B, C) z-scored tensor (order of config.conditions).
+
+        With ``partial`` (for a model with :attr:`partial_conditions`) a missing condition is a NaN
+        column, to be masked (the null condition); otherwise every condition is required.
+        """
         names = list(self.config.conditions)
         unknown = sorted(set(values) - set(names))
         missing = [n for n in names if n not in values]
-        if unknown or missing:
+        if unknown or (missing and not partial) or len(missing) == len(names):
             raise ValueError(
                 f"conditions {sorted(values)} do not match the model's {names} "
                 f"(unknown: {unknown}, missing: {missing})"
             )
         cols = []
         for n in names:
+            if n in missing:
+                cols.append(torch.full((num_graphs,), float("nan"), dtype=torch.float64))
+                continue
             v = torch.as_tensor(values[n], dtype=torch.float64)
             if v.dim() == 0:
                 v = v.expand(num_graphs)
@@ -336,7 +352,10 @@ class CrystalFlow(nn.Module):
         )
         keep = None
         if self.config.conditions:
-            u = torch.rand(b, generator=generator, device=gdev)
+            if self.config.cond_drop_mode == "independent":
+                u = torch.rand(b, len(self.config.conditions), generator=generator, device=gdev)
+            else:
+                u = torch.rand(b, generator=generator, device=gdev)
             keep = (u - self.config.cond_drop_prob) > 0  # reference: g = 1 if u - p > 0
         noise = FlowNoise(t, x0, keep)
         return noise.to(batch.frac.device)
@@ -356,9 +375,13 @@ class CrystalFlow(nn.Module):
         cond = cond_mask = None
         if self.config.conditions:
             assert batch.cond is not None and noise.keep is not None
-            present = torch.isfinite(batch.cond).all(dim=1)
-            cond_mask = noise.keep & present
-            cond = torch.where(cond_mask[:, None], batch.cond, torch.zeros_like(batch.cond))
+            if noise.keep.dim() == 2:  # independent dropout: per condition (missing labels too)
+                cond_mask = noise.keep & torch.isfinite(batch.cond)
+                cond = torch.where(cond_mask, batch.cond, torch.zeros_like(batch.cond))
+            else:
+                present = torch.isfinite(batch.cond).all(dim=1)
+                cond_mask = noise.keep & present
+                cond = torch.where(cond_mask[:, None], batch.cond, torch.zeros_like(batch.cond))
         pred = self.velocity(
             s.t, atoms, s.x_t["F"], s.x_t["k"], batch.batch, batch.num_graphs, cond, cond_mask
         )
@@ -438,7 +461,8 @@ class CrystalFlow(nn.Module):
             DNG: must be None (types are generated).
         conditions : dict, optional
             Condition name -> value(s) in physical units (scalar or (B,)); normalised inside.
-            Required for a conditional model trained without condition dropout.
+            Required for a conditional model trained without condition dropout. A model with
+            :attr:`partial_conditions` accepts a subset (the others take the null condition).
         steps : int
             Integration steps (reference: 100).
         solver : str
@@ -499,9 +523,13 @@ class CrystalFlow(nn.Module):
             z = z.to(device)
         elif atomic_numbers is not None:
             raise ValueError("a DNG model generates the atom types; do not pass atomic_numbers")
-        cond = None
+        cond = cond_given = None
         if conditions:
-            cond = self.normalize_conditions(conditions, b, device)
+            partial = self.partial_conditions
+            cond = self.normalize_conditions(conditions, b, device, partial=partial)
+            if partial and len(conditions) < len(self.config.conditions):
+                cond_given = torch.isfinite(cond)  # (B, C): the left-out ones are masked
+                cond = torch.nan_to_num(cond, nan=0.0)
         elif self.config.conditions and self.config.cond_drop_prob == 0:
             raise ValueError(
                 f"this model is conditioned on {self.config.conditions} and was trained without "
@@ -550,7 +578,7 @@ class CrystalFlow(nn.Module):
 
         uncond = (lambda t, s: field(t, s, mask_off)) if cond is not None else None
         sol = integrate(
-            lambda t, s: field(t, s, None),
+            lambda t, s: field(t, s, cond_given),
             x0,
             spaces=self.flow.spaces,
             method=solver,

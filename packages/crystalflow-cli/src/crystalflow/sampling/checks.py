@@ -154,10 +154,18 @@ def check_targets(
             )
         if conds and len(conds) != len(known):
             missing = [k for k in known if k not in conds]
-            raise SamplingError(
-                f"{where}missing condition(s) {', '.join(missing)} "
-                f"(the checkpoint is conditioned on {', '.join(known)})"
-            )
+            if not model.partial_conditions:
+                raise SamplingError(
+                    f"{where}missing condition(s) {', '.join(missing)} (the checkpoint is "
+                    f"conditioned on {', '.join(known)} and was not trained with independent "
+                    "condition dropout, so it needs all of them)"
+                )
+            if "partial" not in warned:
+                warned.add("partial")
+                warnings.append(
+                    f"{where}condition(s) {', '.join(missing)} not given: sampled with the null "
+                    "condition for them (the model was trained with independent condition dropout)"
+                )
         for name, value in conds.items():
             rng = model.card.condition_range(name)
             if rng is not None and not _within(value, rng) and name not in warned:

@@ -500,7 +500,11 @@ class PeriodicGNN(nn.Module):
     def _condition_encoding(
         self, cond: Tensor | None, cond_mask: Tensor | None, num_graphs: int, dtype: torch.dtype
     ) -> tuple[Tensor | None, Tensor | None]:
-        """(encoding (B, n_cond*cond_basis) or None, gate (B, 1) or None)."""
+        """(encoding (B, n_cond*cond_basis) or None, gate (B, 1) or None).
+
+        ``cond_mask`` is per graph (B,) (all conditions together, the reference) or per condition
+        (B, n_cond): a masked condition gets the null encoding (learned, or zeros).
+        """
         if self.n_cond == 0:
             if cond is not None or cond_mask is not None:
                 raise ValueError("cond/cond_mask given but this network was built with n_cond=0")
@@ -520,22 +524,25 @@ class PeriodicGNN(nn.Module):
             )
         cond = cond.to(dtype)
         if cond_mask is None:
-            mask = torch.ones(num_graphs, dtype=torch.bool, device=cond.device)
+            mask = torch.ones(num_graphs, self.n_cond, dtype=torch.bool, device=cond.device)
         else:
-            if cond_mask.shape != (num_graphs,) or cond_mask.dtype != torch.bool:
+            ok_shape = cond_mask.shape in ((num_graphs,), (num_graphs, self.n_cond))
+            if not ok_shape or cond_mask.dtype != torch.bool:
                 raise ValueError(
-                    f"cond_mask must be a ({num_graphs},) bool tensor, "
-                    f"got {tuple(cond_mask.shape)} {cond_mask.dtype}"
+                    f"cond_mask must be a ({num_graphs},) or ({num_graphs}, {self.n_cond}) bool "
+                    f"tensor, got {tuple(cond_mask.shape)} {cond_mask.dtype}"
                 )
-            mask = cond_mask
-        finite = torch.isfinite(cond).all(dim=1)
-        if bool((mask & ~finite).any()):
-            raise ValueError("cond contains NaN or inf in a graph whose condition is not masked")
-        col = mask[:, None]
-        enc = self.cond_encoder(torch.where(col, cond, torch.zeros_like(cond)))
+            mask = cond_mask if cond_mask.dim() == 2 else cond_mask[:, None].expand(-1, self.n_cond)
+        if bool((mask & ~torch.isfinite(cond)).any()):
+            raise ValueError("cond contains NaN or inf in a condition that is not masked")
+        enc = self.cond_encoder(torch.where(mask, cond, torch.zeros_like(cond)))
+        # per condition: its block of cond_basis Gaussians (the encoding's layout)
+        block = mask.repeat_interleave(self.cond_basis, dim=1)
         if self.null_cond == "learned":
-            return torch.where(col, enc, self.cond_null.to(enc.dtype)), None
-        return enc, col.to(dtype)
+            return torch.where(block, enc, self.cond_null.to(enc.dtype)), None
+        # "zero" (reference): a graph whose conditions are all masked receives nothing (g = 0); a
+        # partly masked graph gets zeros in the masked conditions' blocks
+        return enc * block.to(enc.dtype), mask.any(dim=1, keepdim=True).to(dtype)
 
     def forward(
         self,
