@@ -701,3 +701,38 @@ def test_training_with_independent_condition_dropout_runs(tmp_path):
     assert res.step == 3
     m = load_model(tmp_path / "r", which="last")
     assert m.config.cond_drop_mode == "independent"
+
+
+def test_evaluate_dng_reports_formation_energy_against_the_target(tmp_path, monkeypatch):
+    import xtal_eval as xe
+    from test_evaluate_cli import FIX
+
+    gen = tmp_path / "gen.csv"
+    import csv as _csv
+
+    with open(FIX / "dng_generated.csv", newline="") as fh:
+        rows = list(_csv.DictReader(fh))[:4]
+    with open(gen, "w", newline="") as fh:
+        w = _csv.DictWriter(fh, fieldnames=["material_id", "cif", "cond_formation_energy_per_atom"])
+        w.writeheader()
+        for i, r in enumerate(rows):
+            w.writerow({"material_id": f"g{i}", "cif": r["cif"],
+                        "cond_formation_energy_per_atom": -1.0})  # fmt: skip
+    measured = [-1.004, -1.03, -1.2, None]  # what the MLIP step would give
+
+    def fake(*a, **k):
+        return xe.DNGReport(metrics={"n_generated": 4},
+                            per_structure={"formation_energy_per_atom": measured})  # fmt: skip
+
+    monkeypatch.setattr(xe, "evaluate_dng", fake)
+    out = tmp_path / "m.json"
+    r = _eval("dng", "--pred", gen, "--reference", FIX / "dng_reference.csv", "--metrics",
+              "validity", "--json", out, "-q")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    m = json.loads(out.read_text())["dng"]
+    assert m["eform_target_n"] == 3
+    assert m["eform_target_mae"] == pytest.approx((0.004 + 0.03 + 0.2) / 3)
+    assert m["eform_within_0.05"] == pytest.approx(2 / 3) and m[
+        "eform_within_0.01"
+    ] == pytest.approx(1 / 3)
+    assert "within 0.05 eV/atom of target" in r.stdout

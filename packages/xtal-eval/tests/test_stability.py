@@ -200,3 +200,17 @@ def test_mlip_energies_are_chgnet_total_energies_in_any_batching():
         assert got == pytest.approx(direct, abs=1e-4), kwargs
     with pytest.raises(XtalEvalError, match="must be >= 1"):
         mlip_energies(structures, batch_size=0)
+
+
+def test_property_hit_rates_by_hand():
+    from xtal_eval import property_hit_rates
+
+    targets = [-1.0, -1.0, -1.0, -2.0, "-2.0", -1.0]
+    values = [-1.004, -1.03, -1.2, None, -2.0, float("nan")]
+    r = property_hit_rates(targets, values)
+    # usable pairs: errors 0.004, 0.03, 0.2, 0.0
+    assert r["n"] == 4
+    assert r["mae"] == pytest.approx((0.004 + 0.03 + 0.2 + 0.0) / 4)
+    assert r["within_0.05"] == pytest.approx(3 / 4) and r["within_0.01"] == pytest.approx(2 / 4)
+    empty = property_hit_rates([1.0], [None])
+    assert empty["n"] == 0 and math.isnan(empty["mae"])

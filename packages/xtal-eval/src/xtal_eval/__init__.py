@@ -21,7 +21,7 @@ from xtal_eval.csp import (
     PairStatus,
     evaluate_csp,
 )
-from xtal_eval.dng import DNG_METRICS, DNGReport, DNGSettings, evaluate_dng
+from xtal_eval.dng import DNG_METRICS, DNGReport, DNGSettings, evaluate_dng, property_hit_rates
 from xtal_eval.io import (
     parse_cif,
     parse_many,
@@ -48,6 +48,7 @@ from xtal_eval.validity import (
 
 __all__ = [
     "hull_potential",
+    "property_hit_rates",
     "BENCHMARK_TOLERANCES",
     "CRYSTALFLOW_RULES",
     "DIFFCSP_RULES",

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -63,7 +64,7 @@ from xtal_eval.validity import (
     structure_validity,
 )
 
-__all__ = ["DNG_METRICS", "DNGReport", "DNGSettings", "evaluate_dng"]
+__all__ = ["DNG_METRICS", "DNGReport", "DNGSettings", "evaluate_dng", "property_hit_rates"]
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,45 @@ class DNGReport:
 
 
 # ---------------------------------------------------------------------------- worker tasks
+
+
+def property_hit_rates(
+    targets: Sequence[Any],
+    values: Sequence[Any],
+    thresholds: Sequence[float] = (0.05, 0.01),
+) -> dict[str, float | int]:
+    """How well generated structures hit a property target (CrystalGF, Tables 5-6 style).
+
+    Parameters
+    ----------
+    targets : sequence
+        The condition each structure was generated for (e.g. formation energy per atom, eV/atom).
+    values : sequence
+        The property measured on each structure (e.g. the MLIP formation energy); ``None``/NaN
+        (not computed, e.g. an invalid structure) entries are left out.
+    thresholds : sequence of float
+        Report the fraction with ``|value - target| <= threshold`` for each.
+
+    Returns
+    -------
+    dict
+        ``n`` (pairs with both numbers), ``mae``, ``within_<t>`` for each threshold; ``n = 0`` and
+        NaN rates when no pair is usable.
+    """
+    pairs = []
+    for t, v in zip(targets, values, strict=True):
+        try:
+            tf, vf = float(t), float(v)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(tf) and math.isfinite(vf):
+            pairs.append(abs(vf - tf))
+    err = np.asarray(pairs, dtype=np.float64)
+    out: dict[str, float | int] = {"n": int(err.size)}
+    out["mae"] = float(err.mean()) if err.size else math.nan
+    for th in thresholds:
+        out[f"within_{th:g}"] = float((err <= th).mean()) if err.size else math.nan
+    return out
 
 
 def _validity_task(

@@ -310,6 +310,9 @@ def _dng_table(report: Any, title: str) -> Any:
         ("metastable (%)", "metastable_rate", True),
         ("S.U.N. (%)", "sun_rate", True),
         ("balanced S.U.N. (%)", "balanced_sun_rate", True),
+        ("formation energy vs target: MAE (eV/atom)", "eform_target_mae", False),
+        ("within 0.05 eV/atom of target (%)", "eform_within_0.05", True),
+        ("within 0.01 eV/atom of target (%)", "eform_within_0.01", True),
         ("s per stable", "stability_cost_s", False),
         ("s per S.U.N.", "sun_cost_s", False),
     ]
@@ -479,6 +482,16 @@ def dng(
     report.metrics["novelty_reference"] = str(train if train is not None else reference)
     if manifest is not None:
         report.metrics["pred_complete"] = not incomplete
+    target_col = "cond_formation_energy_per_atom"
+    measured = report.per_structure.get("formation_energy_per_atom")
+    if target_col in gen.columns and measured is not None and len(measured) == len(gen):
+        # did the structures hit the formation energy they were generated for? (MLIP formation
+        # energy against the hull reference's elemental energies)
+        hits = xe.property_hit_rates(gen.columns[target_col], measured, (0.05, 0.01))
+        report.metrics["eform_target_n"] = hits["n"]
+        report.metrics["eform_target_mae"] = hits["mae"]
+        report.metrics["eform_within_0.05"] = hits["within_0.05"]
+        report.metrics["eform_within_0.01"] = hits["within_0.01"]
     con = _console()
     con.print(_dng_table(report, "DNG metrics"))
     con.print(
