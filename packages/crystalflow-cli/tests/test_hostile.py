@@ -200,6 +200,18 @@ def _tamper(src: Path, dst: Path, config=None, tensor_fn=None) -> Path:
     return dst
 
 
+def _poisoned(value):
+    """A tensor_fn for :func:`_tamper` putting ``value`` into the first entry of every weight."""
+
+    def poison(k, v):
+        if v.is_floating_point() and v.numel() > 1:
+            v = v.clone()
+            v.view(-1)[0] = value
+        return v
+
+    return poison
+
+
 def test_a_small_file_claiming_a_huge_network_is_refused_before_allocation(tmp_path, ckpt):
     bad = _tamper(ckpt, tmp_path / "huge.safetensors", config={"hidden": 65536, "num_layers": 64})
     assert bad.stat().st_size < 200_000
@@ -213,13 +225,7 @@ def test_a_small_file_claiming_a_huge_network_is_refused_before_allocation(tmp_p
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_non_finite_weights_are_refused_on_load(tmp_path, ckpt, value):
-    def poison(k, v):
-        if v.is_floating_point() and v.numel() > 1:
-            v = v.clone()
-            v.view(-1)[0] = value
-        return v
-
-    bad = _tamper(ckpt, tmp_path / "nan.safetensors", tensor_fn=poison)
+    bad = _tamper(ckpt, tmp_path / "nan.safetensors", tensor_fn=_poisoned(value))
     r = invoke("sample", "--formula", "NaCl", "--checkpoint", bad, "-o", tmp_path / "o")
     assert_one_line_error(r, tmp_path / "o", "non-finite weights")
 
@@ -426,13 +432,7 @@ def test_train_stops_in_one_line_when_the_loss_stays_non_finite(tmp_path, monkey
 def test_train_init_from_a_nan_model_is_one_line(tmp_path, ckpt):
     from test_train import PEROV
 
-    def poison(k, v):
-        if v.is_floating_point() and v.numel() > 1:
-            v = v.clone()
-            v.view(-1)[0] = float("nan")
-        return v
-
-    bad = _tamper(ckpt, tmp_path / "nan.safetensors", tensor_fn=poison)
+    bad = _tamper(ckpt, tmp_path / "nan.safetensors", tensor_fn=_poisoned(float("nan")))
     r = _train_cli("--preset", "tiny", "--data", PEROV, "--out", tmp_path / "r", "--init-from",
                    bad, "--no-progress")  # fmt: skip
     _assert_one_line(r, "non-finite weights")
