@@ -736,3 +736,59 @@ def test_evaluate_dng_reports_formation_energy_against_the_target(tmp_path, monk
         "eform_within_0.01"
     ] == pytest.approx(1 / 3)
     assert "within 0.05 eV/atom of target" in r.stdout
+
+
+def test_evaluate_dng_builds_and_caches_a_chgnet_hull(tmp_path, monkeypatch):
+    import xtal_eval.stability as st
+    from test_evaluate_cli import FIX
+
+    calls = {"n": 0}
+
+    def fake_energies(structures, **kw):  # stands in for CHGNet: -1 eV per atom, -2 for Li
+        calls["n"] += len(structures)
+        return np.array(
+            [-sum(2.0 if s.specie.symbol == "Li" else 1.0 for s in x) for x in structures]
+        )
+
+    def fake_relax(structures, settings=None, **kw):
+        return [st.RelaxResult(s, -1.0 * len(s), 1, True) for s in structures]
+
+    monkeypatch.setattr(st, "require", lambda *a, **k: None)  # (the CLI imports it from here)
+    monkeypatch.setattr(st, "mlip_energies", fake_energies)
+    monkeypatch.setattr(st, "relax_structures", fake_relax)
+    monkeypatch.setenv("XTAL_EVAL_CACHE_DIR", str(tmp_path / "cache"))
+    args = ["dng", "--pred", FIX / "dng_generated.csv", "--reference", FIX / "dng_reference.csv",
+            "--train", FIX / "dng_train.csv", "--hull", "chgnet", "--metrics", "validity", "-q",
+            "--workers", "1"]  # fmt: skip
+    r = _eval(*args)
+    assert r.exit_code == 0, r.output
+    built = list((tmp_path / "cache" / "hulls").glob("chgnet-*.csv.gz"))
+    assert len(built) == 1 and not list((tmp_path / "cache" / "hulls").glob("*.parts"))
+    first = calls["n"]
+    import csv as _csv
+    import gzip as _gzip
+
+    with _gzip.open(built[0], "rt", newline="") as fh:
+        rows = list(_csv.DictReader(fh))
+    assert len([r for r in rows if not r["material_id"].startswith("ase-bulk-")]) == first
+    for row in rows:
+        if not row["material_id"].startswith("ase-bulk-"):
+            from pymatgen.core import Composition
+
+            c = Composition(row["formula"])
+            assert float(row["energy"]) == pytest.approx(-(c.num_atoms + c["Li"]))
+    r = _eval(*args)  # cached: CHGNet is not called again
+    assert r.exit_code == 0 and calls["n"] == first
+
+
+def test_a_chgnet_hull_without_chgnet_is_one_line(tmp_path, monkeypatch):
+    import importlib.util
+
+    from test_evaluate_cli import FIX
+
+    if importlib.util.find_spec("chgnet") is not None:
+        pytest.skip("chgnet is installed")
+    monkeypatch.setenv("XTAL_EVAL_CACHE_DIR", str(tmp_path / "cache"))
+    r = _eval("dng", "--pred", FIX / "dng_generated.csv", "--reference", FIX / "dng_reference.csv",
+              "--hull", "chgnet", "-q", "--workers", "1")  # fmt: skip
+    _assert_one_line(r, "chgnet")

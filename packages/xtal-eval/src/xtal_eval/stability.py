@@ -45,7 +45,10 @@ from xtal_eval._errors import XtalEvalError, require
 from xtal_eval.distributions import CRYSTAL_SYSTEMS, crystal_system
 
 __all__ = [
+    "MLIP_HULL_NAMES",
     "HullReference",
+    "build_mlip_hull",
+    "default_hull_cache",
     "RelaxResult",
     "RelaxSettings",
     "balanced_sun_rate",
@@ -565,3 +568,124 @@ def balanced_sun_rate(
         c[1] += 1
     per = {k: counts[k][0] / counts[k][1] for k in CRYSTAL_SYSTEMS if k in counts}
     return (float(np.mean(list(per.values()))) if per else None), per
+
+
+# ---------------------------------------------------------------------- an MLIP hull, built once
+#: ``--hull`` names that build a CHGNet hull from the evaluation's own reference structures
+MLIP_HULL_NAMES = ("chgnet", "chgnet-mp20")
+
+
+def default_hull_cache() -> Path:
+    """``$XTAL_EVAL_CACHE_DIR/hulls``, else ``$XDG_CACHE_HOME/xtal-eval/hulls``, else
+    ``~/.cache/xtal-eval/hulls``."""
+    import os
+
+    base = os.environ.get("XTAL_EVAL_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+        "xtal-eval",
+    )
+    return Path(base) / "hulls"
+
+
+def _without_unary(formulas: Iterable[str]) -> list[str]:
+    elements: set[str] = set()
+    unary: set[str] = set()
+    for f in formulas:
+        els = {e.symbol for e in Composition(f).elements}
+        elements |= els
+        if len(els) == 1:
+            unary |= els
+    return sorted(elements - unary)
+
+
+def build_mlip_hull(
+    structures: Sequence[Structure],
+    ids: Sequence[str],
+    out: str | Path,
+    *,
+    workers: int = 1,
+    chunk: int = 2000,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """A CHGNet hull reference table from (DFT-relaxed) structures, written once and reused.
+
+    CHGNet total energies of ``structures`` as given (static, :func:`mlip_energies`), plus, for
+    elements without a unary structure, the ASE bulk reference state relaxed with CHGNet, so that
+    every composition has its terminal entries. The table (``material_id, formula, n_sites,
+    energy``; energy = total cell energy, eV) is what :meth:`HullReference.from_files` reads. The
+    work is resumable: energies are kept in chunks next to ``out`` (``<out>.parts/``) until the
+    table is complete.
+
+    Returns
+    -------
+    Path
+        ``out`` (returned at once when it already exists).
+    """
+    out = Path(out)
+    if out.is_file():
+        return out
+    if len(structures) != len(ids) or not structures:
+        raise XtalEvalError("build_mlip_hull: give one id per structure (and some structures)")
+    require("chgnet", "building a CHGNet hull")
+    parts = out.with_name(out.name + ".parts")
+    parts.mkdir(parents=True, exist_ok=True)
+    fields = ["material_id", "formula", "n_sites", "energy"]
+    rows: list[dict[str, Any]] = []
+    n = len(structures)
+    for c0 in range(0, n, chunk):
+        path = parts / f"part_{c0 // chunk:05d}.csv"
+        if not path.is_file():
+            sub = list(structures[c0 : c0 + chunk])
+            energies = mlip_energies(
+                sub,
+                workers=workers,
+                progress=(lambda d, _t, c0=c0: progress(c0 + d, n)) if progress else None,
+            )
+            part = [
+                {"material_id": i, "formula": s.composition.formula.replace(" ", ""),
+                 "n_sites": len(s), "energy": f"{e:.6f}"}
+                for i, s, e in zip(ids[c0 : c0 + chunk], sub, energies, strict=True)
+                if math.isfinite(e)
+            ]  # fmt: skip
+            _write_table(path, part, fields)
+        with open(path, newline="") as fh:
+            rows.extend(csv.DictReader(fh))
+        if progress is not None:
+            progress(min(n, c0 + chunk), n)
+    missing = _without_unary(r["formula"] for r in rows)
+    if missing:
+        from ase.build import bulk
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        refs, names = [], []
+        for el in missing:
+            try:
+                refs.append(AseAtomsAdaptor.get_structure(bulk(el)))
+                names.append(el)
+            except Exception:  # noqa: BLE001 - ASE has no one-line bulk state for some elements
+                continue
+        for el, r in zip(names, relax_structures(refs, RelaxSettings()), strict=True):
+            if r.structure is not None and math.isfinite(r.energy):
+                rows.append({"material_id": f"ase-bulk-{el}", "n_sites": len(r.structure),
+                             "formula": r.structure.composition.formula.replace(" ", ""),
+                             "energy": f"{r.energy:.6f}"})  # fmt: skip
+    _write_table(out, rows, fields)
+    import shutil
+
+    shutil.rmtree(parts, ignore_errors=True)
+    return out
+
+
+def _write_table(path: Path, rows: list[dict[str, Any]], fields: list[str]) -> None:
+    import io
+
+    from xtal_repr.fileio import atomic_write_bytes
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    data = buf.getvalue().encode()
+    if path.name.endswith(".gz"):
+        data = gzip.compress(data, mtime=0)
+    atomic_write_bytes(path, data)

@@ -288,6 +288,46 @@ def _sampling_seconds(pred: Path) -> float | None:
     return None
 
 
+def _resolve_hulls(
+    hulls: list[Path] | None, train: Any, reference: Any, workers: int | None, quiet: bool
+) -> list[Path]:
+    """``--hull chgnet`` (or ``chgnet-mp20``): a CHGNet hull of the --train and --reference
+    structures, built on first use (with a progress bar) and cached by their content."""
+    import hashlib
+
+    from xtal_eval.io import parse_many
+    from xtal_eval.stability import MLIP_HULL_NAMES, build_mlip_hull, default_hull_cache
+
+    out: list[Path] = []
+    for h in hulls or []:
+        if str(h) not in MLIP_HULL_NAMES:
+            out.append(h)
+            continue
+        tables = [t for t in (train, reference) if t is not None]
+        digest = hashlib.sha256()
+        for t in tables:
+            for i, c in zip(t.ids, t.cifs, strict=True):
+                digest.update(f"{i}\0{c}\0".encode())
+        path = default_hull_cache() / f"chgnet-{digest.hexdigest()[:20]}.csv.gz"
+        if not path.is_file():
+            from xtal_eval.stability import require
+
+            require("chgnet", f"--hull {h} (a CHGNet hull)")
+            ids = [f"{i}" for t in tables for i in t.ids]
+            cifs = [c for t in tables for c in t.cifs]
+            where = [w for t in tables for w in t.where]
+            structures = parse_many(cifs, where, workers=workers or 1)
+            _say(_console(stderr=True), f"building a CHGNet hull of {len(structures)} reference "
+                 f"structures (once; cached as {path})")  # fmt: skip
+            with ProgressBar(not quiet) as bar:
+                build_mlip_hull(
+                    structures, ids, path, workers=workers or 1,
+                    progress=lambda d, n: bar.update("CHGNet hull", d, n),
+                )  # fmt: skip
+        out.append(path)
+    return out
+
+
 def _dng_table(report: Any, title: str) -> Any:
     from rich.table import Table
 
@@ -360,7 +400,9 @@ def dng(
     hull: list[Path] = typer.Option(
         None,
         "--hull",
-        help="Hull reference file(s) (.parquet/.csv/.json, same energy model as the MLIP).",
+        help="Hull reference file(s) (.parquet/.csv/.json, same energy model as the MLIP), or "
+        "'chgnet': a CHGNet hull of the --train and --reference structures, built on first "
+        "use and cached.",
     ),
     energy_column: str = typer.Option(
         "energy", "--energy-column", help="Total-energy column of --hull tables."
@@ -409,7 +451,11 @@ def dng(
     if rules not in ("crystalflow", "diffcsp"):
         raise fail(f"--rules must be crystalflow or diffcsp, got {rules!r}")
     _check_outputs(json_out, details, workers, cache)
+    from xtal_eval.stability import MLIP_HULL_NAMES
+
     for h in hull or []:
+        if str(h) in MLIP_HULL_NAMES:
+            continue
         other = xe.hull_potential(h)
         if other is not None and other != "chgnet":
             if not allow_mixed_hull:
@@ -446,6 +492,7 @@ def dng(
         gen = xe.read_structures(pred)
         ref = xe.read_structures(reference)
         trn = xe.read_structures(train) if train is not None else ref
+        hull = _resolve_hulls(hull, trn, ref, workers, quiet)
         hull_ref = xe.HullReference.from_files(hull, energy_column) if hull else None
     except (xe.XtalEvalError, xe.MissingDependencyError) as exc:
         raise fail(str(exc)) from None
