@@ -7,6 +7,7 @@ Public API (imported lazily, so ``import crystalflow`` stays fast)::
     crystalflow.sample(from_csv="test.csv.gz", n=20, out="csp_out/")     # one target per row
     crystalflow.generate(n=100, conditions={"formation_energy_per_atom": -1.0})  # DNG checkpoint
     model = crystalflow.load_model("run_dir/")                            # a CrystalFlow module
+    crystalflow.import_official("CSP-mp20/", "csp-mp20.safetensors")      # an official release
 
 See :mod:`crystalflow.sampling` for the pipeline and :mod:`crystalflow.postprocess` for the
 post-processing steps.
@@ -24,6 +25,7 @@ _LAZY = {
     "sample": "crystalflow.sampling",
     "generate": "crystalflow.sampling",
     "load_model": "crystalflow.checkpoint",
+    "import_official": "crystalflow.checkpoint",
     "parse_formula": "crystalflow.formula",
     "cell_composition": "crystalflow.formula",
 }

@@ -43,6 +43,8 @@ __all__ = [
     "CheckpointError",
     "atomic_write_text",
     "default_model_path",
+    "import_official",
+    "is_official_release",
     "load_model",
     "load_train_state",
     "model_metadata",
@@ -297,8 +299,10 @@ def load_model(
     Parameters
     ----------
     path : path, optional
-        A model ``.safetensors`` file, or a run folder (its ``model_best.safetensors``, else
-        ``model_last.safetensors``); None -> the bundled default model.
+        A model ``.safetensors`` file, a run folder (its ``model_best.safetensors``, else
+        ``model_last.safetensors``), or an official CrystalFlow release folder (``hparams.yaml``
+        + ``*.ckpt``: imported in memory, nothing written; see :func:`import_official`);
+        None -> the bundled default model.
     device : str or torch.device
     which : {"best", "last"}
         Which model of a run folder.
@@ -308,7 +312,39 @@ def load_model(
     CheckpointError
         One-line message for a missing, corrupt or incompatible file.
     """
+    if path is not None and is_official_release(Path(path)):
+        import sys
+
+        model = import_official(path, device=device)
+        print(
+            f"note: {path} is an official CrystalFlow release folder: imported in memory "
+            "(`crystalflow import-official` saves it as a model file)",
+            file=sys.stderr,
+        )
+        return model
     return model_from_file(resolve_model_path(path, which), device)
+
+
+def is_official_release(p: str | Path) -> bool:
+    """Whether ``p`` is an official release folder (``hparams.yaml`` + ``*.ckpt``) that is not also
+    one of our run folders."""
+    p = Path(p)
+    from crystalflow.official import is_release_folder
+
+    return (
+        is_release_folder(p)
+        and not (p / "model_best.safetensors").is_file()
+        and not (p / "model_last.safetensors").is_file()
+    )
+
+
+def import_official(
+    folder: str | Path, out: str | Path | None = None, **kwargs: Any
+) -> CrystalFlow:
+    """Import an official CrystalFlow release folder (see :func:`crystalflow.official.import_official`)."""
+    from crystalflow.official import import_official as _import
+
+    return _import(folder, out, **kwargs)
 
 
 # ---------------------------------------------------------------------- training state

@@ -8,6 +8,7 @@ Layout::
     cli/sample.py     `sample` and `generate` (build a SampleRequest, run it)
     cli/train.py      `train` (fresh run, --resume, --init-from)
     cli/evaluate.py   `evaluate csp` / `evaluate dng` (xtal_eval)
+    cli/official.py   `import-official` (an official release folder -> a model file)
 
 Each command module exposes a typer app (groups such as ``evaluate``) or a ``register(app)``
 function (top-level commands).
@@ -34,6 +35,7 @@ _COMMANDS = {
     "train": "commands",
     "sample": "commands",
     "evaluate": "group",
+    "official": "commands",
 }
 _registered = False
 

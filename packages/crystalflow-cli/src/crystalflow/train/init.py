@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from crystalflow.checkpoint import model_from_file, read_safetensors, resolve_model_path
+from crystalflow.checkpoint import (
+    import_official,
+    is_official_release,
+    model_from_file,
+    read_safetensors,
+    resolve_model_path,
+)
 from crystalflow.errors import CheckpointError
 from crystalflow.model import CrystalFlow
 
@@ -39,8 +46,12 @@ def init_model(source: str, model_config: Any) -> tuple[CrystalFlow, dict[str, A
         One line naming ``source`` when it cannot be read or describes another network.
     """
     try:
-        path = resolve_model_path(None if source == "default" else source)
-        init = model_from_file(path)
+        if is_official_release(Path(source)):
+            path = Path(source)
+            init = import_official(path)
+        else:
+            path = resolve_model_path(None if source == "default" else source)
+            init = model_from_file(path)
     except CheckpointError as exc:
         raise CheckpointError(f"train.init_from={source}: {exc}") from None
     mine, theirs = model_config.model_dump(), init.config.model_dump()
@@ -69,6 +80,11 @@ def init_model_config(source: str, name: str = "train.init_from") -> dict[str, A
     """The model section stored in the model file ``source`` (a model file, a run folder or
     ``default``), without building the model; errors are one line prefixed with ``name``."""
     try:
+        if is_official_release(Path(source)):
+            from crystalflow.official import official_model_config, read_hparams
+
+            hp = Path(source) / "hparams.yaml"
+            return official_model_config(read_hparams(hp), str(hp))[0].model_dump(mode="json")
         path = resolve_model_path(None if source == "default" else source)
         _, meta = read_safetensors(path, "model file")
     except CheckpointError as exc:
