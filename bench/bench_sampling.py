@@ -14,7 +14,9 @@ Cases (each in its own subprocess, so the peak memory is that case's alone):
     wall time (target: under a minute on 2 CPU cores with the default model).
 Models: ``compact`` = the embedded default model when installed, else the ``small`` preset's
 architecture with random weights (sampling cost does not depend on the weights); ``paper`` = the
-``mp20-csp`` preset (the paper's 512 x 6 network) with random weights.
+``mp20-csp`` preset (the paper's 512 x 6 network) with random weights; ``official:DIR`` = an
+official CrystalFlow release folder imported with ``crystalflow.official.import_official`` (counts
+of the paper model).
 Peak memory: ``ru_maxrss`` of the case's process (CPU) and ``torch.cuda.max_memory_allocated``
 (GPU). Each case records the 1-minute load average at its start and end: on a shared machine,
 compare only figures measured under similar load. Compositions come from
@@ -94,6 +96,13 @@ def build_model(kind: str, device: str):
     from crystalflow.config import load_config
     from crystalflow.model import CrystalFlow
 
+    if kind.startswith("official:"):  # an official release folder, imported (issue 18)
+        from crystalflow.official import import_official
+
+        folder = Path(kind.partition(":")[2]).expanduser()
+        model = import_official(folder, device=device)
+        n = sum(p.numel() for p in model.net.parameters())
+        return model, f"official release folder {folder.name} imported ({n / 1e6:.1f} M parameters)"
     if kind == "compact" and default_model_path() is not None:
         path = default_model_path()
         return load_model(path, device=device), f"embedded default model ({path.name})"
@@ -238,6 +247,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="10 steps, few compositions (smoke run)")
     ap.add_argument("--json", default=str(REPO / "bench/results/sampling.json"))
     # internal: one case in this process
+    ap.add_argument(
+        "--dump-compositions",
+        metavar="FILE",
+        help="write the first --count compositions of --dataset to FILE (JSON) and stop: the "
+        "inputs of bench/reference_sampling_speed.py",
+    )
     ap.add_argument("--case", choices=["model", "pipeline"])
     ap.add_argument("--model", default="compact")
     ap.add_argument("--dataset", default="mp20")
@@ -251,6 +266,12 @@ def main() -> None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.batch_atoms is None:
         args.batch_atoms = 65536 if args.device.startswith("cuda") else 2048
+    if args.dump_compositions:
+        comps, source = compositions(args.dataset, args.count)
+        Path(args.dump_compositions).write_text(
+            json.dumps({"source": source, "compositions": [list(c) for c in comps]}) + "\n"
+        )
+        return
     if args.case:
         fn = case_model if args.case == "model" else case_pipeline
         load0 = os.getloadavg()[0]

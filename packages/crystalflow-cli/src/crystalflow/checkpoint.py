@@ -339,12 +339,41 @@ def is_official_release(p: str | Path) -> bool:
 
 
 def import_official(
-    folder: str | Path, out: str | Path | None = None, **kwargs: Any
+    folder: str | Path,
+    out: str | Path | None = None,
+    *,
+    overwrite: bool = False,
+    device: str | torch.device = "cpu",
+    **kwargs: Any,
 ) -> CrystalFlow:
-    """Import an official CrystalFlow release folder (see :func:`crystalflow.official.import_official`)."""
+    """Import an official CrystalFlow release folder, and write it as a model file to ``out``.
+
+    Parameters
+    ----------
+    folder : path
+        The release folder (``hparams.yaml``, ``*.ckpt``, ``prop_scalers.pt``).
+    out : path, optional
+        Model file to write (safetensors + provenance in ``info``: source file names and
+        sha256, epoch/step); without it the model is only returned.
+    overwrite : bool
+        Replace an existing ``out``.
+    **kwargs
+        ``checkpoint`` (which ``.ckpt``) and ``num_atoms_from`` (DNG atom counts) of
+        :func:`crystalflow.official.import_official`, which documents the mapping and the checks.
+
+    Raises
+    ------
+    CheckpointError
+        Missing files, refused pickles or YAML, or a variant we cannot represent (one line).
+    """
     from crystalflow.official import import_official as _import
 
-    return _import(folder, out, **kwargs)
+    if out is not None and Path(out).exists() and not overwrite:
+        raise CheckpointError(f"{out}: exists (pass --overwrite to replace it)")
+    model = _import(folder, device=device, **kwargs)
+    if out is not None:
+        save_model(out, model, info=model.info)
+    return model
 
 
 # ---------------------------------------------------------------------- training state

@@ -20,7 +20,6 @@ one line naming the hyper-parameter and its value. The result samples exactly li
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 import sys
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from xtal_repr.fileio import sha256_file
 
 from crystalflow.config import ModelConfig
 from crystalflow.errors import CheckpointError
@@ -101,14 +101,6 @@ def find_release_checkpoint(folder: Path) -> Path:
             )
         epochs.append((int(m.group(1)), c.name, c))
     return max(epochs)[2]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------- hparams.yaml
@@ -488,29 +480,23 @@ def _histogram(
 
 def import_official(
     folder: str | Path,
-    out: str | Path | None = None,
     *,
     checkpoint: str | Path | None = None,
     num_atoms_from: str | Path | None = None,
-    overwrite: bool = False,
     device: str | torch.device = "cpu",
 ) -> CrystalFlow:
-    """Build our model from an official CrystalFlow release folder (and write it to ``out``).
+    """Build our model from an official CrystalFlow release folder (in memory; write it with
+    :func:`crystalflow.checkpoint.import_official` or ``save_model``, which keep ``model.info``).
 
     Parameters
     ----------
     folder : path
         The release folder (``hparams.yaml``, ``*.ckpt``, ``prop_scalers.pt``).
-    out : path, optional
-        Write the model file here (safetensors + provenance: source file names and sha256,
-        epoch/step). Without it the model is only returned.
     checkpoint : path, optional
         Which ``.ckpt`` (default: the reference's choice, ``*last*`` else the highest epoch).
     num_atoms_from : str or path, optional
         DNG atom-count distribution: a dataset name of the reference tables (``mp_20``,
         ``perov_5``, ``carbon_24``) or a training CSV; default the table of ``data.root_path``.
-    overwrite : bool
-        Replace an existing ``out``.
 
     Raises
     ------
@@ -520,8 +506,6 @@ def import_official(
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: no such release folder")
-    if out is not None and Path(out).exists() and not overwrite:
-        raise CheckpointError(f"{out}: exists (pass --overwrite to replace it)")
     hp_path = folder / "hparams.yaml"
     hparams = read_hparams(hp_path)
     config, facts = official_model_config(hparams, str(hp_path))
@@ -544,7 +528,7 @@ def import_official(
     info: dict[str, Any] = {
         "imported_from": "official CrystalFlow release folder (ixsluo/CrystalFlow)",
         "source_folder": folder.name,
-        "source_files": {p.name: _sha256(p) for p in files},
+        "source_files": {p.name: sha256_file(p) for p in files},
         "checkpoint": ckpt.name,
         "epoch": int(m.group(1)) if m else ck_info.get("epoch"),
         "step": int(m.group(2)) if m else ck_info.get("global_step"),
@@ -573,8 +557,4 @@ def import_official(
             "`generate` needs --num-atoms or an import with --num-atoms-from TRAIN.csv",
             file=sys.stderr,
         )
-    if out is not None:
-        from crystalflow.checkpoint import save_model
-
-        save_model(out, model, info=info)
     return model

@@ -31,7 +31,7 @@ from typing import Any, Literal
 import numpy as np
 
 from xtal_repr.crystal import Crystal, CrystalFormatError, _guess_format, standardize_structure
-from xtal_repr.fileio import CsvReadError, atomic_path, read_csv_rows
+from xtal_repr.fileio import CsvReadError, atomic_path, read_csv_rows, sha256_file
 from xtal_repr.lattice import lattice_to_k
 from xtal_repr.textparse import StructureTextError, parse_structure_text
 
@@ -307,14 +307,6 @@ def default_cache_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "xtal-repr"
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _cache_key(source_digest: str, options: dict[str, Any]) -> str:
     from importlib.metadata import version
 
@@ -462,7 +454,7 @@ def read_csv_dataset(
         "on_error": on_error,
         "max_atoms": max_atoms,
     }
-    key = _cache_key(_sha256_file(path), options)
+    key = _cache_key(sha256_file(path), options)
     stem = path.name.split(".")[0]
 
     def build() -> CrystalDataset:
@@ -557,9 +549,9 @@ def read_structure_folder(
         raise DatasetError(f"{path}: no CIF/POSCAR/CONTCAR/.vasp files found")
     h = hashlib.sha256()
     for p in files:
-        h.update(p.name.encode() + b"\0" + _sha256_file(p).encode())
+        h.update(p.name.encode() + b"\0" + sha256_file(p).encode())
     if labels_csv is not None:
-        h.update(_sha256_file(Path(labels_csv)).encode())
+        h.update(sha256_file(Path(labels_csv)).encode())
     options = {
         "kind": "folder",
         "labels": list(label_columns) if label_columns is not None else None,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import gzip
+import hashlib
 import io
 import os
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ __all__ = [
     "atomic_write_text",
     "open_text",
     "read_csv_rows",
+    "sha256_file",
 ]
 
 csv.field_size_limit(2**31 - 1)  # CIF text in one CSV cell
@@ -127,3 +129,12 @@ def read_csv_rows(path: str | os.PathLike[str]) -> tuple[list[str], list[dict[st
             raise CsvReadError(f"{p}: cannot read as CSV: corrupt gzip data ({exc})") from exc
         raise
     return header, rows
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -54,7 +54,7 @@ def register(app: typer.Typer) -> None:
         overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
     ) -> None:
         """Import an official CrystalFlow release folder (ixsluo/CrystalFlow) as a model file."""
-        from crystalflow.official import import_official
+        from crystalflow.checkpoint import import_official
 
         if out.suffix != ".safetensors":
             raise fail(f"--out {out}: the model file name must end in .safetensors")
