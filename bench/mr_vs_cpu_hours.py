@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         pts = sorted((p for p in points if p["targets"] == targets), key=lambda p: p["cpu_hours"])
         if pts:
             ax.plot([p["cpu_hours"] for p in pts], [100 * p["mr1"] for p in pts], style, label=name)
-            for p in pts:
+            for p in (p for p in pts if p["label"]):  # an empty label: no annotation
                 ax.annotate(p["label"], (p["cpu_hours"], 100 * p["mr1"]), fontsize=7,
                             textcoords="offset points", xytext=(4, -10))  # fmt: skip
     ax.axhline(100 * PAPER_MR1, color="grey", linestyle=":",
