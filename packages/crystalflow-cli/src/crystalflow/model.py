@@ -449,6 +449,7 @@ class CrystalFlow(nn.Module):
         x0: dict[str, Tensor] | None = None,
         allow_larger: bool = False,
         all_elements: bool = False,
+        constraint: Any | None = None,
     ) -> SampleBatch:
         """Generate crystals by integrating the learned flow from the priors.
 
@@ -484,6 +485,11 @@ class CrystalFlow(nn.Module):
         all_elements : bool
             DNG: decode atom types to any element of the 13x15 grid (default: only the model's
             training elements, ``self.elements``).
+        constraint : crystalflow.sampling.symmetry.BatchConstraint, optional
+            Space-group templates of the crystals (CSP): the solver's ``k`` and ``F`` spaces keep
+            every state in the template's lattice family and Wyckoff orbits
+            (:mod:`crystalflow.sampling.symmetry`); ``atomic_numbers`` must follow the
+            templates' atom order.
 
         Returns
         -------
@@ -577,10 +583,15 @@ class CrystalFlow(nn.Module):
             return {c: out[c].float() for c in state}
 
         uncond = (lambda t, s: field(t, s, mask_off)) if cond is not None else None
+        spaces = dict(self.flow.spaces)
+        if constraint is not None:
+            if z is None:
+                raise ValueError("space-group templates apply to CSP models only")
+            spaces.update(constraint.spaces(device))
         sol = integrate(
             lambda t, s: field(t, s, cond_given),
             x0,
-            spaces=self.flow.spaces,
+            spaces=spaces,
             method=solver,
             steps=steps,
             time_grid="end" if solver == "euler" else "start",

@@ -210,6 +210,44 @@ ALL_ELEMENTS_OPT = Annotated[
     ),
 ]
 
+_SYMMETRY = "Symmetry"
+SPACEGROUP_OPT = Annotated[
+    str | None,
+    typer.Option(
+        "--spacegroup",
+        "--space-group",
+        metavar="N|SYMBOL|auto",
+        help="Sample in this space group (1-230 or a symbol such as Fm-3m): every structure has it "
+        "by construction. 'auto': templates retrieved from the model's training data.",
+        rich_help_panel=_SYMMETRY,
+    ),
+]
+WYCKOFF_OPT = Annotated[
+    str | None,
+    typer.Option(
+        metavar="EL:MULT+LETTER,...",
+        help="Wyckoff orbits of the space group, one entry per orbit, conventional-cell "
+        "multiplicities, e.g. Li:4a,O:8c (default: the assignments compatible with the "
+        "composition are enumerated, fewest free parameters first).",
+        rich_help_panel=_SYMMETRY,
+    ),
+]
+TEMPLATES_OPT = Annotated[
+    int,
+    typer.Option(
+        help="--spacegroup auto: at most this many retrieved templates per composition.",
+        rich_help_panel=_SYMMETRY,
+    ),
+]
+TEMPLATE_DATA_OPT = Annotated[
+    Path | None,
+    typer.Option(
+        help="--spacegroup auto: template table (crystalflow.sampling.retrieval) or a training "
+        "CSV with a cif column (default: the table shipped next to the model).",
+        rich_help_panel=_SYMMETRY,
+    ),
+]
+
 #: option name (a SampleRequest field, or ``quiet``) -> (typer annotation, default)
 OPTIONS: dict[str, tuple[Any, Any]] = {
     "formula": (FORMULA_OPT, None),
@@ -239,6 +277,10 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
     "quiet": (QUIET_OPT, False),
     "allow_larger": (ALLOW_LARGER_OPT, False),
     "all_elements": (ALL_ELEMENTS_OPT, False),
+    "spacegroup": (SPACEGROUP_OPT, None),
+    "wyckoff": (WYCKOFF_OPT, None),
+    "templates": (TEMPLATES_OPT, 5),
+    "template_data": (TEMPLATE_DATA_OPT, None),
 }
 
 

@@ -22,12 +22,24 @@ SAMPLE_OPTIONS = [
     "formula", "from_csv", "num_atoms", "formula_units", "n", "out", "pressure", "conditions",
     "guidance", "steps", "solver", "anti_annealing", "seed", "device", "batch_size", "checkpoint",
     "formats", "drop_closer_than", "symmetrize", "dedup", "relax", "symprec", "resume", "overwrite",
-    "quiet", "allow_larger",
+    "quiet", "allow_larger", "spacegroup", "wyckoff", "templates", "template_data",
 ]  # fmt: skip
 #: generate: the same options less the CSP-only ones
 GENERATE_OPTIONS = [
-    n for n in SAMPLE_OPTIONS if n not in ("formula", "from_csv", "formula_units", "allow_larger")
-] + ["all_elements"]
+    n
+    for n in SAMPLE_OPTIONS
+    if n
+    not in (
+        "formula",
+        "from_csv",
+        "formula_units",
+        "allow_larger",
+        "spacegroup",
+        "wyckoff",
+        "templates",
+        "template_data",
+    )
+]  # fmt: skip + ["all_elements"]
 
 
 def run_request(command: str, values: dict[str, Any]) -> None:
@@ -122,7 +134,9 @@ def register(app: typer.Typer) -> None:
             """Crystal structure prediction: sample structures of a given composition.
 
             Examples: crystalflow sample --formula SiO2 --num-atoms 9 -n 10 -o out/ ;
-            crystalflow sample --from-csv test.csv.gz -n 20 -o csp/
+            crystalflow sample --from-csv test.csv.gz -n 20 -o csp/ ;
+            crystalflow sample --formula TiO2 --num-atoms 6 --spacegroup 136 --wyckoff Ti:2a,O:4f
+            -n 5 -o rutile/
             """,
         )
     )

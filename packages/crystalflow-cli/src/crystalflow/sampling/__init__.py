@@ -7,6 +7,9 @@ import time)::
     targets      Target; from a formula, a CSV, or the DNG request; structure ids
     checks       targets against the model (mode, elements, atom limit, conditions, guidance)
     plan         size-bucketed batches of jobs, per-structure random streams
+    symmetry     space-group templates: Wyckoff orbits, lattice families, the constrained solver
+                 spaces (imported when a template is used; pulls in torch and pyxtal)
+    retrieval    template tables from training data (``--spacegroup auto``)
     views        summary.csv / samples.npz arrays / structure text of an output folder
     postprocess  min distance, validity, space group, symmetrise, dedup, relax (xtal_eval)
     store        MemoryWriter / RunWriter: incremental, atomic, resumable output folders

@@ -239,6 +239,8 @@ def prepare(
         raise SamplingError("--allow-larger applies to `crystalflow sample` (CSP)")
     if r.command == "sample" and r.all_elements:
         raise SamplingError("--all-elements applies to `crystalflow generate` (DNG)")
+    spacegroup = _check_symmetry_options(r)
+    sym_warnings: list[str] = []
     options_ = r.sampling_options()
     post = r.postprocess_options()
     if r.relax:
@@ -249,7 +251,7 @@ def prepare(
     model, ckpt = _attach(model, r, dev)
     conds = resolve_condition_names(conds, list(model.config.conditions))
     if formula is not None and targets is not None:  # built before the names were known
-        targets = [Target(t.id, t.atomic_numbers, t.count, conds, t.num_atoms) for t in targets]
+        targets = [replace(t, conditions=conds) for t in targets]
     if r.command == "sample" and formula is not None and targets is None:  # --formula-units all
         reduced = cell_composition(formula, formula_units=1)
         zmax = int(model.config.max_atoms) // reduced.num_atoms
@@ -265,6 +267,9 @@ def prepare(
         targets = targets_from_csv(
             from_csv, r.n, conds, condition_names=list(model.config.conditions)
         )
+    if r.command == "sample":
+        assert targets is not None
+        targets = _apply_symmetry(r, spacegroup, list(targets), model, ckpt, sym_warnings)
     if r.command == "generate":
         if model.config.mode != "dng":
             check_targets(model, [Target("gen", None, 1, {}, (1,))], options_, mode="dng")
@@ -288,7 +293,154 @@ def prepare(
         model, list(targets), options_, mode="csp" if r.command == "sample" else "dng"
     )
     options_ = SamplingOptions(**{**asdict(options_), "batch_size": options_.batch_atoms(dev)})
-    return Prepared(r.command, model, checked, options_, post, dev, ckpt, warns)
+    return Prepared(r.command, model, checked, options_, post, dev, ckpt, sym_warnings + warns)
+
+
+def _check_symmetry_options(r: SampleRequest) -> int | str | None:
+    """The checked ``--spacegroup`` (None when not given); cheap, before the model is loaded."""
+    from crystalflow.sampling.symmetry import parse_spacegroup, parse_wyckoff
+
+    if r.command != "sample":
+        if r.spacegroup is not None or r.wyckoff is not None:
+            raise SamplingError("--spacegroup/--wyckoff apply to `crystalflow sample` (CSP)")
+        return None
+    if r.wyckoff is not None and r.spacegroup is None:
+        raise SamplingError("--wyckoff needs --spacegroup (the group whose positions it names)")
+    if r.spacegroup is None:
+        return None
+    if r.from_csv is not None:
+        raise SamplingError(
+            "--spacegroup applies to --formula; with --from-csv use spacegroup/wyckoff columns"
+        )
+    sg = parse_spacegroup(r.spacegroup)
+    if sg == "auto":
+        if r.wyckoff is not None:
+            raise SamplingError("--wyckoff needs a space-group number, not --spacegroup auto")
+        _positive(r.templates, "--templates")
+    elif r.wyckoff is not None:
+        parse_wyckoff(r.wyckoff, int(sg))  # bad letters fail before the model is loaded
+    return sg
+
+
+def _apply_symmetry(
+    r: SampleRequest,
+    spacegroup: int | str | None,
+    targets: list[Target],
+    model: Any,
+    ckpt: str,
+    warns: list[str],
+) -> list[Target]:
+    """Targets with their space-group templates (``--spacegroup`` or the CSV's columns); CSV rows
+    with ``auto`` and no retrievable template are sampled unconstrained (one line in ``warns``)."""
+    from crystalflow.sampling.symmetry import constrain_target, parse_spacegroup
+
+    max_atoms = int(model.config.max_atoms)
+    table: Any = None
+
+    def get_table() -> Any:
+        nonlocal table
+        if table is None:
+            from crystalflow.sampling.retrieval import default_template_table, load_template_table
+
+            path = r.template_data or default_template_table(
+                ckpt if not ckpt.startswith("<") else None
+            )
+            if path is None:
+                raise SamplingError(
+                    "--spacegroup auto: this model ships no template table; pass --template-data "
+                    "(a template table or the training CSV)"
+                )
+            table = load_template_table(path)
+        return table
+
+    if r.formula is not None:
+        if spacegroup is None:
+            return targets
+        explicit = r.num_atoms is not None or r.formula_units is not None
+        out = []
+        skipped = []
+        for t in targets:
+            try:
+                out.append(
+                    constrain_target(
+                        t,
+                        spacegroup,
+                        r.wyckoff,
+                        explicit_size=explicit,
+                        max_atoms=max_atoms,
+                        table=get_table() if spacegroup == "auto" else None,
+                        templates=r.templates,
+                    )
+                )
+            except SamplingError:
+                if len(targets) == 1:
+                    raise
+                skipped.append(t.id)
+        if not out:
+            raise SamplingError(
+                f"no Wyckoff assignment of space group {spacegroup} fits any of "
+                f"{', '.join(skipped)} within the model's limit of {max_atoms} atoms"
+            )
+        if skipped:
+            log.warning(
+                "no assignment of space group %s for %s: left out", spacegroup, ", ".join(skipped)
+            )
+        return out
+    if r.from_csv is None:
+        return targets
+    from xtal_repr import read_csv_rows
+
+    header, rows = read_csv_rows(Path(r.from_csv))
+    cols = {h.strip(): h for h in header}
+    sg_col = cols.get("spacegroup") or cols.get("space_group")
+    wy_col = cols.get("wyckoff")
+    if sg_col is None:
+        if wy_col is not None:
+            raise SamplingError(
+                f"--from-csv {r.from_csv}: a wyckoff column needs a spacegroup column"
+            )
+        return targets
+    explicit = "cif" not in cols and ("num_atoms" in cols or "formula_units" in cols)
+    out = []
+    no_template: list[str] = []
+    for i, (t, row) in enumerate(zip(targets, rows, strict=True), start=1):
+        what = f"--from-csv {r.from_csv}: row {i}: "
+        sg_text = (row.get(sg_col) or "").strip()
+        wy_text = (row.get(wy_col) or "").strip() if wy_col else ""
+        if not sg_text:
+            if wy_text:
+                raise SamplingError(f"{what}a wyckoff value needs a spacegroup value")
+            out.append(t)
+            continue
+        sg = parse_spacegroup(sg_text, option=f"{what}spacegroup")
+        if sg == "auto" and wy_text:
+            raise SamplingError(f"{what}wyckoff needs a space-group number, not auto")
+        try:
+            out.append(
+                constrain_target(
+                    t,
+                    sg,
+                    wy_text or None,
+                    explicit_size=explicit,
+                    max_atoms=max_atoms,
+                    what=what,
+                    table=get_table() if sg == "auto" else None,
+                    templates=r.templates,
+                )
+            )
+        except SamplingError as exc:
+            if sg != "auto" or "no template" not in str(exc):
+                raise
+            # retrieval found nothing for this composition: sampled without a template
+            no_template.append(t.id)
+            out.append(t)
+    if no_template:
+        more = f" (and {len(no_template) - 5} more)" if len(no_template) > 5 else ""
+        warns.append(
+            f"--spacegroup auto: no template in the template data for {len(no_template)} "
+            f"row(s) ({', '.join(no_template[:5])}{more}): sampled without a template"
+        )
+    return out
 
 
 def _np_hist(h: Any) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from crystalflow.errors import SamplingError
@@ -174,7 +175,7 @@ def check_targets(
                     f"{name}={value:g} is outside the training range [{rng[0]:.4g}, {rng[1]:.4g}]; "
                     "results may be unreliable"
                 )
-        out.append(Target(t.id, t.atomic_numbers, t.count, conds, t.num_atoms))
+        out.append(replace(t, conditions=conds))
     for t in out:
         problem = model.guidance_problem(options.guidance, conditioned=bool(t.conditions))
         if problem is not None:

@@ -86,7 +86,27 @@ def _sample_batch(
 
     num_atoms = torch.tensor([j.num_atoms for j in batch], dtype=torch.long)
     z = None
-    if targets[batch[0].target].atomic_numbers is not None:
+    constraint = None
+    if any(targets[j.target].templates for j in batch):
+        from crystalflow.sampling.symmetry import BatchConstraint, resolve_template
+
+        resolved = [
+            resolve_template(spec) if (spec := targets[j.target].template(j.candidate)) else None
+            for j in batch
+        ]
+        constraint = BatchConstraint.build(resolved, [j.num_atoms for j in batch])
+        # a templated structure's atoms come orbit by orbit, in the template's order
+        z = torch.tensor(
+            [
+                a
+                for j, t in zip(batch, resolved, strict=True)
+                for a in (
+                    t.atomic_numbers if t is not None else targets[j.target].atomic_numbers or ()
+                )
+            ],
+            dtype=torch.long,
+        )
+    elif targets[batch[0].target].atomic_numbers is not None:
         z = torch.tensor(
             [a for j in batch for a in targets[j.target].atomic_numbers or ()], dtype=torch.long
         )
@@ -110,6 +130,7 @@ def _sample_batch(
         x0=_per_structure_prior(model, batch, options.seed),
         allow_larger=options.allow_larger,
         all_elements=options.all_elements,
+        constraint=constraint,
     )
 
 
@@ -169,11 +190,22 @@ def run(
             raw = crystal.to_pymatgen()
             sid = ids[j.target][j.candidate]
             pr = post(raw, sid, group=str(j.target))
+            spec = t.template(j.candidate)
+            tpl = (
+                {
+                    "template_spacegroup": spec.spacegroup,
+                    "template_wyckoff": spec.wyckoff_text(),
+                    "template_source": spec.source,
+                }
+                if spec is not None
+                else {}
+            )
             pr.row = {
                 "id": sid,
                 "target_id": t.id,
                 "candidate": j.candidate,
                 **{f"cond_{k}": v for k, v in t.conditions.items()},
+                **tpl,
                 **pr.row,
             }
             records.append((j, raw, pr))

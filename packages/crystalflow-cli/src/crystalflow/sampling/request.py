@@ -297,6 +297,15 @@ class SampleRequest:
         run is refused so that nothing is lost by accident).
     progress : bool
         Show a progress bar.
+    spacegroup : int, str, optional
+        CSP in a space group (1-230, a Hermann-Mauguin symbol, or ``"auto"`` for templates
+        retrieved from the training data); see :mod:`crystalflow.sampling.symmetry`.
+    wyckoff : str, optional
+        The Wyckoff orbits (``"Li:4a,O:8c"``); needs ``spacegroup``. Default: enumerated.
+    templates : int
+        ``spacegroup="auto"``: at most this many templates per composition.
+    template_data : path, optional
+        ``spacegroup="auto"``: a template table or training CSV (default: shipped with the model).
     """
 
     command: str = "sample"
@@ -327,6 +336,10 @@ class SampleRequest:
     resume: bool = False
     overwrite: bool = False
     progress: bool = False
+    spacegroup: Any = None
+    wyckoff: str | None = None
+    templates: int = 5
+    template_data: str | os.PathLike[str] | None = None
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

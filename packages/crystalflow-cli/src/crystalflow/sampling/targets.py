@@ -48,6 +48,9 @@ class Target:
         Condition values in physical units (empty: unconditional).
     num_atoms : tuple[int, ...] or None
         DNG only: number of atoms of each candidate (``len == count``).
+    templates : tuple of crystalflow.sampling.symmetry.TemplateSpec
+        CSP under symmetry constraints: candidate ``c`` is sampled in ``templates[c % len]``
+        (all give the cell ``atomic_numbers``); empty: unconstrained.
     """
 
     id: str
@@ -55,6 +58,7 @@ class Target:
     count: int
     conditions: Mapping[str, float] = field(default_factory=dict)
     num_atoms: tuple[int, ...] | None = None
+    templates: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.count, bool) or int(self.count) != self.count or self.count < 1:
@@ -76,21 +80,35 @@ class Target:
         assert self.num_atoms is not None
         return int(self.num_atoms[candidate])
 
+    def template(self, candidate: int) -> Any | None:
+        """The :class:`~crystalflow.sampling.symmetry.TemplateSpec` of a candidate, or None."""
+        return self.templates[candidate % len(self.templates)] if self.templates else None
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["conditions"] = dict(self.conditions)
+        if self.templates:
+            d["templates"] = [t.to_dict() for t in self.templates]
+        else:
+            del d["templates"]  # manifests of unconstrained runs are unchanged
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Target:
         z = d.get("atomic_numbers")
         na = d.get("num_atoms")
+        templates: tuple[Any, ...] = ()
+        if d.get("templates"):
+            from crystalflow.sampling.symmetry import TemplateSpec
+
+            templates = tuple(TemplateSpec.from_dict(t) for t in d["templates"])
         return cls(
             id=str(d["id"]),
             atomic_numbers=tuple(int(x) for x in z) if z is not None else None,
             count=int(d["count"]),
             conditions={str(k): float(v) for k, v in dict(d.get("conditions") or {}).items()},
             num_atoms=tuple(int(x) for x in na) if na is not None else None,
+            templates=templates,
         )
 
 
