@@ -124,27 +124,25 @@ def load_template_table(path: str | os.PathLike[str]) -> TemplateIndex:
     """A template table (``.csv``/``.csv.gz`` with :data:`TABLE_COLUMNS`), or a training CSV with a
     ``cif`` column (converted in memory by :func:`build_template_table`), indexed for
     :func:`retrieve`."""
+    from xtal_repr import CsvReadError, read_csv_rows
+
     p = Path(path)
     if not p.is_file():
         raise SamplingError(f"--template-data {p}: no such file")
     try:
-        with open_text(p) as fh:
-            reader = csv.DictReader(fh)
-            header = reader.fieldnames or []
-            if "cif" in header and "spacegroup" not in header:
-                rows = None
-            else:
-                missing = [
-                    c for c in ("formula", "anonymous", "spacegroup", "wyckoff") if c not in header
-                ]
-                if missing:
-                    raise SamplingError(
-                        f"--template-data {p}: not a template table (missing {', '.join(missing)}) "
-                        "nor a training CSV with a cif column"
-                    )
-                rows = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error, EOFError) as exc:
-        raise SamplingError(f"--template-data {p}: unreadable ({exc})") from None
+        header, rows_ = read_csv_rows(p)
+    except CsvReadError as exc:
+        raise SamplingError(f"--template-data {exc}") from None
+    rows: list[dict[str, str]] | None = rows_
+    if "cif" in header and "spacegroup" not in header:
+        rows = None
+    else:
+        missing = [c for c in ("formula", "anonymous", "spacegroup", "wyckoff") if c not in header]
+        if missing:
+            raise SamplingError(
+                f"--template-data {p}: not a template table (missing {', '.join(missing)}) "
+                "nor a training CSV with a cif column"
+            )
     return TemplateIndex(build_template_table(p) if rows is None else rows)
 
 
