@@ -64,7 +64,8 @@ def portable(obj):
     folder next to it -> ``../shared/...``; the temporary directory -> ``$TMPDIR/``."""
     if isinstance(obj, str):
         out = obj.replace(str(REPO) + "/", "").replace(str(REPO.parent) + "/", "../")
-        return out.replace(tempfile.gettempdir().rstrip("/") + "/", "$TMPDIR/")
+        out = out.replace(tempfile.gettempdir().rstrip("/") + "/", "$TMPDIR/")
+        return out.replace(str(Path.home()) + "/", "~/")
     if isinstance(obj, dict):
         return {k: portable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

@@ -17,6 +17,7 @@ Usage::
 
     uv run python bench/symmetry_csp.py --dataset mp20 --subset 2000 --out ~/cf-runs/sym-mp20
     uv run python bench/symmetry_csp.py --dataset mp20 --subset 500 --modes auto -k 1 20 --out ...
+    uv run python bench/symmetry_csp.py --targets DATA/test.csv.gz --modes gt --checkpoint RUN ...
 """
 
 from __future__ import annotations
@@ -143,6 +144,11 @@ def spacegroup_js(out: Path, target_sg: dict[str, str]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", choices=["mp20", "perov5", "mpts52"], default="mp20")
+    ap.add_argument(
+        "--targets", type=Path,
+        help="a CSV split to sample instead of the dataset's test split (e.g. the 500 held-out "
+        "val selection targets of bench/mp20_trainval.py: model selection never sees test)",
+    )  # fmt: skip
     ap.add_argument("--subset", type=int, help="N test targets drawn with --seed (default: all)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--checkpoint", default="default")
@@ -160,7 +166,8 @@ def main() -> None:
     log = out / "log.txt"
     data = SHARED / DATASETS[args.dataset][0]
     targets = out / "targets.csv.gz"
-    n_targets, _ = subset_targets(data / "test.csv.gz", args.subset, args.seed, targets)
+    source = args.targets.expanduser() if args.targets else data / "test.csv.gz"
+    n_targets, _ = subset_targets(source, args.subset, args.seed, targets)
     unsupported = drop_unsupported(targets, args.checkpoint)
     model = load_model(None if args.checkpoint == "default" else args.checkpoint)
     max_atoms = int(model.config.max_atoms)
@@ -168,6 +175,7 @@ def main() -> None:
     kmax = max(args.k)
     result: dict = {
         "dataset": args.dataset,
+        "target_split": "test" if args.targets is None else f"{source.parent.name}/{source.name}",
         "targets": n_targets,
         "subset_seed": args.seed if args.subset else None,
         "unsupported_targets": len(unsupported),

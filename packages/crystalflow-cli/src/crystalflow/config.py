@@ -222,6 +222,18 @@ class TrainConfig(_Section):
     )
     log_every: int = Field(0, ge=0, description="steps between lines of steps.jsonl (0: off)")
     tensorboard: bool = False
+    symmetric_targets: bool = Field(
+        False,
+        description=(
+            "CSP: train on projected targets for space-group constrained sampling: every crystal "
+            "fitted to its template (pyxtal at symmetric_symprec, cached), a symmetric prior, "
+            "paths inside the Wyckoff positions and the group-averaged coordinate velocity in the "
+            "loss (DiffCSP++-style); crystals that cannot be fitted keep the plain flow"
+        ),
+    )
+    symmetric_symprec: float = Field(
+        0.1, gt=0, description="symmetry tolerance (Angstrom) of the symmetric_targets fit"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

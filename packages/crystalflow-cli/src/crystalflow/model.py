@@ -360,18 +360,31 @@ class CrystalFlow(nn.Module):
         noise = FlowNoise(t, x0, keep)
         return noise.to(batch.frac.device)
 
-    def loss_sums(self, batch: CrystalBatch, noise: FlowNoise) -> dict[str, Tensor]:
+    def loss_sums(
+        self, batch: CrystalBatch, noise: FlowNoise, constraint: Any | None = None
+    ) -> dict[str, Tensor]:
         """Sum of squared velocity errors per component (float32 scalars).
 
         Divide by :meth:`element_counts` of the (global) batch to get the element-mean MSEs.
+
+        ``constraint`` (a :class:`crystalflow.sampling.symmetry.BatchConstraint` of the batch's
+        crystals, which must lie on their templates, CSP only) gives the symmetric flow of
+        :meth:`symmetric_path` and compares the group-averaged predicted coordinate velocity with
+        its target (DiffCSP++-style training on projected targets).
         """
-        x1 = {"k": batch.k, "F": batch.frac}
-        if self.mode == "dng":
-            x1["A"] = self.type_table[batch.atomic_numbers]
-        s = self.flow.sample_path(
-            x1, batch.batch, num_graphs=batch.num_graphs, t=noise.t, x0=noise.x0
-        )
-        atoms = s.x_t["A"] if self.mode == "dng" else batch.atomic_numbers
+        if constraint is not None:
+            if self.mode != "csp":
+                raise ValueError("space-group templates apply to CSP models only")
+            x_t, u_t, coords = self.symmetric_path(batch, noise, constraint)
+        else:
+            x1 = {"k": batch.k, "F": batch.frac}
+            if self.mode == "dng":
+                x1["A"] = self.type_table[batch.atomic_numbers]
+            s = self.flow.sample_path(
+                x1, batch.batch, num_graphs=batch.num_graphs, t=noise.t, x0=noise.x0
+            )
+            x_t, u_t, coords = s.x_t, s.u_t, None
+        atoms = x_t["A"] if self.mode == "dng" else batch.atomic_numbers
         cond = cond_mask = None
         if self.config.conditions:
             assert batch.cond is not None and noise.keep is not None
@@ -383,9 +396,52 @@ class CrystalFlow(nn.Module):
                 cond_mask = noise.keep & present
                 cond = torch.where(cond_mask[:, None], batch.cond, torch.zeros_like(batch.cond))
         pred = self.velocity(
-            s.t, atoms, s.x_t["F"], s.x_t["k"], batch.batch, batch.num_graphs, cond, cond_mask
+            noise.t, atoms, x_t["F"], x_t["k"], batch.batch, batch.num_graphs, cond, cond_mask
         )
-        return {n: (pred[n].float() - s.u_t[n].float()).pow(2).sum() for n in self.components}
+        if coords is not None:
+            pred = {**pred, "F": coords.project_velocity(pred["F"].float())}
+        return {n: (pred[n].float() - u_t[n].float()).pow(2).sum() for n in self.components}
+
+    def symmetric_path(
+        self, batch: CrystalBatch, noise: FlowNoise, constraint: Any
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor], Any]:
+        """The flow between a symmetric prior draw and a crystal on its template.
+
+        * lattice: prior and target retracted onto the template's family, ``k_t`` the retracted
+          interpolation, target velocity its time derivative (``k_1 - k_0`` for primitive
+          templates);
+        * coordinates: the prior's representatives put on their Wyckoff positions, each orbit's
+          representative moved along ``d = M wrap(rep_1 - rep_0)`` (``M`` the position's linear
+          part, so it stays on the position), every atom regenerated from it; the target velocity
+          of atom ``g rep`` is ``C^-T R_g d``, which is its own group average.
+
+        Crystals without a template (``None`` in the constraint) get the unconstrained paths
+        (the wrapped minimum-image path on F). Returns ``(x_t, u_t, coordinate space)``.
+        """
+        dev = batch.frac.device
+        spaces = constraint.spaces(dev)
+        lat, coords = spaces["k"], spaces["F"]
+        t = noise.t.to(torch.float64)
+        k0 = lat.project(noise.x0["k"].double())
+        k1 = lat.project(batch.k.double())
+        dk = k1 - k0
+        k_t = lat.project(k0 + t[:, None] * dk)
+        # the retraction is the identity on a primitive (P) template's affine family subspace,
+        # where u_k = k1 - k0; for centred ones the path bends: its derivative, by central
+        # differences in float64 (error ~1e-10)
+        h = 1e-5
+        u_k = (
+            lat.project(k0 + (t[:, None] + h) * dk) - lat.project(k0 + (t[:, None] - h) * dk)
+        ) / (2 * h)
+        rep0 = coords.representatives(noise.x0["F"])
+        rep1 = coords.representatives(batch.frac)
+        d = coords.tangent(rep1 - rep0)
+        t_o = t[batch.batch[coords.rep_atom]]
+        f_t = coords.regenerate(rep0 + t_o[:, None] * d, torch.float32)
+        u_f = coords.spread(d, torch.float32)
+        x_t = {"k": k_t.float(), "F": f_t}
+        u_t = {"k": u_k.float(), "F": u_f}
+        return x_t, u_t, coords
 
     def element_counts(self, num_graphs: int, num_nodes: int) -> dict[str, int]:
         """Number of elements of each component for a batch of this size."""

@@ -56,13 +56,33 @@ class RunResult:
     sampled: int
 
 
-def _per_structure_prior(model: CrystalFlow, batch: Sequence[Job], seed: int) -> dict[str, Any]:
+#: a templated structure with two atoms closer than this (Angstrom) has a collapsed orbit: a
+#: representative ended on (or next to) a special position, so images of it coincide
+COLLAPSE_DISTANCE = 0.5
+#: such a structure is sampled again from new prior draws at most this many times (the last draw
+#: is kept either way); the summary row's ``retries`` says how many it took
+COLLAPSE_RETRIES = 3
+
+
+def _retry_seed(seed: int, job: Job, attempt: int) -> int:
+    """Seed of a structure's prior: :func:`job_seed` first, then one stream per retry."""
+    if attempt == 0:
+        return job_seed(seed, job)
+    import numpy as np
+
+    ss = np.random.SeedSequence([int(seed), 0x726574, job.target, job.candidate, int(attempt)])
+    return int(ss.generate_state(1, dtype=np.uint64)[0] & ((1 << 63) - 1))
+
+
+def _per_structure_prior(
+    model: CrystalFlow, batch: Sequence[Job], seed: int, attempts: Sequence[int] | None = None
+) -> dict[str, Any]:
     """Prior state of a batch drawn structure by structure (independent of the batching)."""
     import torch
 
     parts: dict[str, list[Any]] = {}
-    for j in batch:
-        g = torch.Generator().manual_seed(job_seed(seed, j))
+    for i, j in enumerate(batch):
+        g = torch.Generator().manual_seed(_retry_seed(seed, j, attempts[i] if attempts else 0))
         x0 = model.flow.sample_prior(
             1,
             torch.zeros(j.num_atoms, dtype=torch.long),
@@ -81,6 +101,7 @@ def _sample_batch(
     batch: Sequence[Job],
     options: SamplingOptions,
     device: str,
+    attempts: Sequence[int] | None = None,
 ) -> SampleBatch:
     import torch
 
@@ -127,11 +148,64 @@ def _sample_batch(
         solver=options.solver,
         anti_annealing=options.anti_annealing,
         guidance=options.guidance,
-        x0=_per_structure_prior(model, batch, options.seed),
+        x0=_per_structure_prior(model, batch, options.seed, attempts),
         allow_larger=options.allow_larger,
         all_elements=options.all_elements,
         constraint=constraint,
     )
+
+
+def _collapsed(crystal: Any) -> bool:
+    from crystalflow.sampling.postprocess import min_distance
+
+    return (
+        len(crystal.atomic_numbers) > 1 and min_distance(crystal.to_pymatgen()) < COLLAPSE_DISTANCE
+    )
+
+
+def _retry_collapsed(
+    model: CrystalFlow,
+    targets: Sequence[Target],
+    batch: Sequence[Job],
+    options: SamplingOptions,
+    device: str,
+    out: SampleBatch,
+    crystals: list[Any],
+) -> list[int]:
+    """Sample the templated structures of a batch with a collapsed orbit again (new prior draws,
+    :data:`COLLAPSE_RETRIES` at most), splicing the new ones into ``out`` and ``crystals`` in place.
+    Returns the number of retries of every structure of the batch."""
+    import torch
+
+    retries = [0] * len(batch)
+    todo = [
+        i for i, j in enumerate(batch)
+        if targets[j.target].template(j.candidate) is not None and _collapsed(crystals[i])
+    ]  # fmt: skip
+    ptr = [0]
+    for n in out.num_atoms.tolist():
+        ptr.append(ptr[-1] + int(n))
+    for attempt in range(1, COLLAPSE_RETRIES + 1):
+        if not todo:
+            break
+        sub = [batch[i] for i in todo]
+        new = _sample_batch(model, targets, sub, options, device, attempts=[attempt] * len(sub))
+        new_crystals = new.to_crystals()
+        sptr = [0]
+        for n in new.num_atoms.tolist():
+            sptr.append(sptr[-1] + int(n))
+        with torch.inference_mode():
+            for s_i, i in enumerate(todo):
+                a, b = ptr[i], ptr[i + 1]
+                sa, sb = sptr[s_i], sptr[s_i + 1]
+                out.k[i] = new.k[s_i]
+                out.lattice[i] = new.lattice[s_i]
+                out.frac[a:b] = new.frac[sa:sb]
+                out.atomic_numbers[a:b] = new.atomic_numbers[sa:sb]
+                crystals[i] = new_crystals[s_i]
+                retries[i] = attempt
+        todo = [i for i in todo if _collapsed(crystals[i])]
+    return retries
 
 
 def run(
@@ -182,10 +256,12 @@ def run(
     if progress is not None:
         progress(done, total, 0.0)
 
-    def finish(b: int, batch: Sequence[Job], out: Any, crystals: list[Any]) -> int:
+    def finish(
+        b: int, batch: Sequence[Job], out: Any, crystals: list[Any], retries: list[int]
+    ) -> int:
         """Post-process and write one sampled batch (runs in the worker thread)."""
         records = []
-        for j, crystal in zip(batch, crystals, strict=True):
+        for j, crystal, n_retry in zip(batch, crystals, retries, strict=True):
             t = targets[j.target]
             raw = crystal.to_pymatgen()
             sid = ids[j.target][j.candidate]
@@ -196,6 +272,7 @@ def run(
                     "template_spacegroup": spec.spacegroup,
                     "template_wyckoff": spec.wyckoff_text(),
                     "template_source": spec.source,
+                    "retries": n_retry,
                 }
                 if spec is not None
                 else {}
@@ -243,8 +320,11 @@ def run(
                     "model may avoid it)"
                 ) from None
             crystals = out.to_crystals()
+            retries = [0] * len(batch)
+            if any(targets[j.target].templates for j in batch):
+                retries = _retry_collapsed(model, targets, batch, options, device, out, crystals)
             collect()
-            pending = pool.submit(finish, b, batch, out, crystals)
+            pending = pool.submit(finish, b, batch, out, crystals, retries)
         collect()
     finally:
         try:

@@ -78,6 +78,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "CENTRING",
     "FAMILY_FREE_PARAMETERS",
+    "FittedCrystal",
     "MAX_ASSIGNMENTS",
     "BatchConstraint",
     "Template",
@@ -85,8 +86,10 @@ __all__ = [
     "TemplateLattice",
     "TemplateSpec",
     "centring_matrix",
+    "centring_translations",
     "crystal_family",
     "enumerate_assignments",
+    "fit_template",
     "parse_spacegroup",
     "parse_wyckoff",
     "project_lattice_s",
@@ -143,6 +146,19 @@ def crystal_family(spacegroup: int) -> str:
 def centring_matrix(symbol: str) -> np.ndarray:
     """:data:`CENTRING` for the lattice letter of a Hermann-Mauguin symbol (``"Fm-3m"`` -> F)."""
     return CENTRING[symbol.strip()[0].upper()].copy()
+
+
+def centring_translations(cmat: np.ndarray) -> np.ndarray:
+    """The lattice points of the primitive lattice ``L_p = cmat L_c`` inside one conventional cell,
+    in conventional fractional coordinates (``(n, 3)``, the origin first; ``n = 1 / det cmat``)."""
+    pts: dict[tuple[int, ...], np.ndarray] = {}
+    rng = np.arange(-2, 3)
+    for n in np.array(np.meshgrid(rng, rng, rng, indexing="ij")).reshape(3, -1).T:
+        x = np.asarray(cmat, dtype=np.float64).T @ n
+        x -= np.floor(x + 1e-9)
+        pts.setdefault(_torus_key(x), x)
+    out = sorted(pts.values(), key=lambda v: (np.abs(v).sum(), tuple(v)))
+    return np.array(out)
 
 
 # ---------------------------------------------------------------------------------- lattice
@@ -526,6 +542,7 @@ class TemplateCoordinates(Space):
         self.shift = torch.as_tensor(batch.shift, **dd)
         self.rep_ct = torch.as_tensor(batch.rep_ct, **dd)  # C^T of each orbit's structure
         self.site_map = torch.as_tensor(batch.site_map, **dd)
+        self.cent = torch.as_tensor(batch.cent, **dd)
 
     def _regen(self, rep_c: torch.Tensor, dtype: Any) -> torch.Tensor:
         x = torch.einsum("nij,nj->ni", self.back, rep_c[self.orbit]) + self.shift
@@ -535,9 +552,47 @@ class TemplateCoordinates(Space):
         return torch.einsum("oij,oj->oi", self.rep_ct, x[self.rep_atom].double())
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
-        rep = self._rep_c(x)
-        rep = torch.einsum("oij,oj->oi", self.site_map[:, :, :3], rep) + self.site_map[:, :, 3]
-        return self._regen(rep, x.dtype)
+        return self._regen(self.representatives(x), x.dtype)
+
+    def on_position(self, rep_c: torch.Tensor) -> torch.Tensor:
+        """``W_o(rep_c[o])``: each orbit's point (conventional coordinates) mapped onto its Wyckoff
+        position (the maps are affine and idempotent, with integer linear parts)."""
+        m = self.site_map
+        return torch.einsum("oij,oj->oi", m[:, :, :3], rep_c) + m[:, :, 3]
+
+    def representatives(self, x: torch.Tensor) -> torch.Tensor:
+        """Each orbit's representative (conventional coordinates, on its Wyckoff position) of a
+        state ``x`` that lies on the template (e.g. a fitted training crystal).
+
+        The representative atom's primitive coordinates give its conventional ones up to a
+        centring translation; the translation that puts it back on the Wyckoff position is
+        chosen, then the position's map is applied. For any other state (e.g. a uniform prior
+        draw) no translation does, and the map is applied to the untranslated point; either way
+        the result is on the position, and ``project`` is idempotent.
+        """
+        y = self._rep_c(x)[:, None, :] - self.cent  # (o, 4, 3)
+        m = self.site_map
+        w = torch.einsum("oij,okj->oki", m[:, :, :3], y) + m[:, None, :, 3]
+        r = w - y
+        err = ((r - torch.round(r)) ** 2).sum(-1)
+        best = err.argmin(dim=1)
+        rows = torch.arange(len(best), device=x.device)
+        best = torch.where(err[rows, best] < 1e-8, best, torch.zeros_like(best))
+        return w[rows, best]
+
+    def tangent(self, d: torch.Tensor) -> torch.Tensor:
+        """A representative displacement (conventional) reduced to the nearest periodic image
+        (components in [-1/2, 1/2)) and mapped onto its Wyckoff position's free directions."""
+        d = d - torch.round(d)
+        return torch.einsum("oij,oj->oi", self.site_map[:, :, :3], d)
+
+    def regenerate(self, rep_c: torch.Tensor, dtype: Any = torch.float32) -> torch.Tensor:
+        """Every atom's primitive coordinates (wrapped into [0, 1)) from the representatives."""
+        return self._regen(rep_c, dtype)
+
+    def spread(self, d_rep: torch.Tensor, dtype: Any = torch.float32) -> torch.Tensor:
+        """Every atom's primitive velocity for representative velocities ``d_rep`` (o, 3)."""
+        return torch.einsum("nij,nj->ni", self.back, d_rep[self.orbit]).to(dtype)
 
     def project_velocity(self, v: torch.Tensor) -> torch.Tensor:
         """The group-averaged velocity of every atom (same shape as ``v``)."""
@@ -600,6 +655,7 @@ class BatchConstraint:
     shift: np.ndarray
     rep_ct: np.ndarray
     site_map: np.ndarray
+    cent: np.ndarray
 
     @classmethod
     def build(
@@ -609,7 +665,7 @@ class BatchConstraint:
         cm: list[np.ndarray] = []
         orbit: list[np.ndarray] = []
         rep_atom: list[np.ndarray] = []
-        fwd, back, shift, rep_ct, site_map = [], [], [], [], []
+        fwd, back, shift, rep_ct, site_map, cent = [], [], [], [], [], []
         atom0 = orbit0 = 0
         eye = np.eye(3)
         for t, n in zip(templates, num_atoms, strict=True):
@@ -623,6 +679,7 @@ class BatchConstraint:
                 shift.append(np.zeros((n, 3)))
                 rep_ct.append(np.repeat(eye[None], n, 0))
                 site_map.append(np.repeat(np.hstack([eye, np.zeros((3, 1))])[None], n, 0))
+                cent.append(np.zeros((n, 4, 3)))
                 no = n
             else:
                 if t.num_atoms != n:
@@ -640,6 +697,9 @@ class BatchConstraint:
                 no = len(t.rep_atom)
                 rep_ct.append(np.repeat(t.cmat.T[None], no, 0))
                 site_map.append(t.site_map)
+                tau = centring_translations(t.cmat)  # at most 4 (F); padded with the origin
+                tau = np.concatenate([tau, np.zeros((4 - len(tau), 3))])
+                cent.append(np.repeat(tau[None], no, 0))
             atom0 += n
             orbit0 += no
         return cls(
@@ -652,6 +712,7 @@ class BatchConstraint:
             np.concatenate(shift),
             np.concatenate(rep_ct),
             np.concatenate(site_map),
+            np.concatenate(cent),
         )
 
     def spaces(self, device: Any) -> dict[str, Any]:
@@ -795,6 +856,96 @@ def template_from_structure(
         sites.append((int(ds2.std_types[rep]), f"{mult}{letter}"))
     sites.sort(key=lambda s: (s[0], -int(s[1][:-1]), s[1][-1]))
     return TemplateSpec(int(ds.number), tuple(sites), source)
+
+
+@dataclass(frozen=True)
+class FittedCrystal:
+    """A crystal fitted to its space-group template (:func:`fit_template`).
+
+    Attributes
+    ----------
+    template : Template
+        The template (spec, orbits and operations), resolved from pyxtal's tables.
+    lattice : (3, 3) array
+        The template's primitive cell ``C L_c`` (rows), ``L_c`` the symmetrised conventional cell.
+    frac : (n, 3) array
+        Primitive fractional coordinates in the template's atom order (orbit by orbit), exactly
+        symmetric: the images of each orbit's representative.
+    representatives : (o, 3) array
+        Each orbit's representative (conventional coordinates, on its Wyckoff position).
+    """
+
+    template: Template
+    lattice: np.ndarray
+    frac: np.ndarray
+    representatives: np.ndarray
+
+    @property
+    def atomic_numbers(self) -> tuple[int, ...]:
+        return self.template.atomic_numbers
+
+
+def fit_template(
+    lattice: np.ndarray,
+    frac_coords: np.ndarray,
+    atomic_numbers: Sequence[int],
+    symprec: float = 0.1,
+    what: str = "crystal",
+) -> FittedCrystal:
+    """Fit a crystal to the template of its space group (at ``symprec``): the symmetrised crystal
+    in the cell and atom order that constrained sampling uses (the training targets of
+    ``train.symmetric_targets``).
+
+    pyxtal symmetrises the structure (spglib at ``symprec``) and gives each orbit's Wyckoff
+    position and representative in the International Tables setting; the template's operations
+    (:func:`resolve_template`) regenerate the primitive cell. Refused (:class:`SamplingError`)
+    when pyxtal fails, when the template's primitive cell has another number of atoms than the
+    crystal's cell, or when the symmetrised crystal does not match the input (pymatgen's
+    StructureMatcher at the benchmark tolerances: ltol 0.3, stol 0.5, angle_tol 10).
+    """
+    import warnings
+
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from pymatgen.core import Lattice, Structure
+    from pymatgen.core.periodic_table import Element
+    from pyxtal import pyxtal
+
+    z = [int(a) for a in atomic_numbers]
+    original = Structure(Lattice(np.asarray(lattice, dtype=np.float64)), z, frac_coords)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            xtal = pyxtal()
+            xtal.from_seed(original, tol=symprec)
+    except Exception as exc:  # noqa: BLE001 - pyxtal raises many kinds
+        raise SamplingError(f"{what}: pyxtal could not symmetrise it ({exc})") from None
+    sites = tuple(
+        (int(Element(site.specie).Z), f"{site.wp.multiplicity}{site.wp.letter}")
+        for site in xtal.atom_sites
+    )
+    spec = TemplateSpec(int(xtal.group.number), sites, "fitted")
+    tpl = resolve_template(spec)
+    if tpl.num_atoms != len(z):
+        raise SamplingError(
+            f"{what}: its template {spec.wyckoff_text()} of space group {spec.spacegroup} has "
+            f"{tpl.num_atoms} atoms in the primitive cell, the crystal {len(z)}"
+        )
+    reps = np.array([np.asarray(site.position, dtype=np.float64) for site in xtal.atom_sites])
+    on = np.einsum("oij,oj->oi", tpl.site_map[:, :, :3], reps) + tpl.site_map[:, :, 3]
+    off = on - reps
+    if np.abs(off - np.round(off)).max() > 1e-5:
+        raise SamplingError(f"{what}: a representative is off its Wyckoff position")
+    reps = on
+    x = np.einsum("nij,nj->ni", tpl.back, reps[tpl.orbit]) + tpl.shift
+    x -= np.floor(x)
+    lat = tpl.cmat @ np.asarray(xtal.lattice.matrix, dtype=np.float64)
+    fitted = Structure(Lattice(lat), list(tpl.atomic_numbers), x)
+    matcher = StructureMatcher(ltol=0.3, stol=0.5, angle_tol=10)
+    if not matcher.fit(original, fitted):
+        raise SamplingError(
+            f"{what}: the symmetrised crystal (space group {spec.spacegroup}) does not match it"
+        )
+    return FittedCrystal(tpl, lat, x, reps)
 
 
 def template_cell(spec: TemplateSpec) -> tuple[int, ...]:

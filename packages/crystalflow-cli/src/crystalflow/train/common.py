@@ -46,8 +46,8 @@ class _LossModule(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, batch: Any, noise: Any) -> dict[str, Tensor]:
-        return self.model.loss_sums(batch, noise)
+    def forward(self, batch: Any, noise: Any, constraint: Any = None) -> dict[str, Tensor]:
+        return self.model.loss_sums(batch, noise, constraint)
 
 
 class _EMA:

@@ -80,6 +80,9 @@ class Trainer:
         if self.dist.is_main:
             barrier(self.dist)
         self.num_train, self.num_val = len(train_ds), len(val_ds)
+        self.train_sym = self.val_sym = None
+        if tc.symmetric_targets:
+            train_ds, val_ds = self._symmetrize(train_ds, val_ds)
         for what, ds in (("training", train_ds), ("validation", val_ds)):
             line = overlap_warning(ds, f"{what} data")
             if line:
@@ -115,6 +118,8 @@ class Trainer:
             "num_train": self.num_train,
             "num_val": self.num_val,
         }
+        if self.train_sym is not None:
+            self.data_info["symmetric_targets"] = self.symmetric_info
 
         # ---- model, EMA, optimiser, schedule
         dev = self.dist.device
@@ -196,6 +201,48 @@ class Trainer:
             self.tb = SummaryWriter(str(run_dir / "tb"))
 
     # ------------------------------------------------------------------ helpers
+    def _symmetrize(self, train_ds: Any, val_ds: Any) -> tuple[Any, Any]:
+        """``train.symmetric_targets``: both splits fitted to their templates (cached)."""
+        from crystalflow.train.symmetric import symmetrize_dataset
+
+        cfg = self.cfg
+        if cfg.model.mode != "csp":
+            raise ConfigError("train.symmetric_targets applies to CSP models (model.mode=csp)")
+        if not self.dist.is_main:
+            barrier(self.dist)
+        out = []
+        for what, ds in (("training", train_ds), ("validation", val_ds)):
+            t0 = time.perf_counter()
+            self.log.line(f"fitting the {what} crystals to their space-group templates ...")
+            split = symmetrize_dataset(
+                ds,
+                cfg.train.symmetric_symprec,
+                cache_dir=cfg.data.cache_dir,
+                workers=cfg.data.workers,
+            )
+            self.log.line(
+                f"symmetric targets: {split.fitted:,} of {len(ds):,} {what} crystals fitted "
+                f"(pyxtal, symprec {cfg.train.symmetric_symprec}); the other "
+                f"{len(ds) - split.fitted:,} keep the plain flow ({time.perf_counter() - t0:.0f} s)"
+            )
+            out.append(split)
+        if self.dist.is_main:
+            barrier(self.dist)
+        self.train_sym, self.val_sym = out
+        self.symmetric_info = {
+            "symprec": cfg.train.symmetric_symprec,
+            "train_fitted": out[0].fitted,
+            "val_fitted": out[1].fitted,
+        }
+        return out[0].dataset, out[1].dataset
+
+    def _constraint(self, split: Any, idx: np.ndarray) -> Any:
+        if split is None:
+            return None
+        from crystalflow.sampling.symmetry import BatchConstraint
+
+        return BatchConstraint.build(split.take(idx), split.dataset.num_atoms[idx])
+
     def _batches(self, epoch: int) -> list[np.ndarray]:
         tc = self.cfg.train
         return epoch_batches(
@@ -257,13 +304,15 @@ class Trainer:
             ptr = np.concatenate([[0], np.cumsum(batch.num_atoms.numpy())])
             noise = noise.slice(a, b, int(ptr[a]), int(ptr[b]))
             batch = batch.slice(a, b)
+            idx = idx[a:b]
+        constraint = self._constraint(self.train_sym, idx)
         batch, noise = batch.to(dev), noise.to(dev)
         if tc.scheduler != "plateau":
             for g in self.optimizer.param_groups:
                 g["lr"] = self._lr_at(self.step)
         self.model.train()
         with self._autocast():
-            sums = self.loss_module(batch, noise)
+            sums = self.loss_module(batch, noise, constraint)
         out = model.combine(sums, counts)
         loss = out["loss"] * world
         comps = model.components
@@ -324,7 +373,11 @@ class Trainer:
             gen = torch.Generator().manual_seed(step_seed(self.cfg.train.val_seed, i))
             noise = model.draw_noise(batch, gen)
             with self._autocast():
-                sums = model.loss_sums(batch.to(self.dist.device), noise.to(self.dist.device))
+                sums = model.loss_sums(
+                    batch.to(self.dist.device),
+                    noise.to(self.dist.device),
+                    self._constraint(self.val_sym, idx),
+                )
             counts = model.element_counts(batch.num_graphs, batch.num_nodes)
             for j, c in enumerate(comps):
                 tot[j] += float(sums[c])
