@@ -104,11 +104,14 @@ def symmetry_check(out: Path) -> dict:
     from pymatgen.core import Structure
 
     rows = list(csv.DictReader(open(out / "summary.csv", newline="")))
-    n = same = sup = none = 0
+    n = same = sup = none = retried = still = 0
     for r in rows:
         if not r.get("template_spacegroup") or not r.get("file"):
             continue
         n += 1
+        n_retry = int(r.get("retries") or 0)
+        retried += n_retry > 0
+        still += r.get("valid_structure", "").lower() == "false"
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -125,7 +128,8 @@ def symmetry_check(out: Path) -> dict:
             same += 1
         else:
             sup += 1
-    return {"templated_structures": n, "exact_group": same, "other_group": sup, "unreadable": none}
+    return {"templated_structures": n, "exact_group": same, "other_group": sup, "unreadable": none,
+            "resampled_collapsed": retried, "structurally_invalid": still}  # fmt: skip
 
 
 def spacegroup_js(out: Path, target_sg: dict[str, str]) -> dict:

@@ -9,6 +9,7 @@ flowcore (crystals without a template).
 """
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -329,3 +330,115 @@ def test_symmetric_targets_need_a_csp_model(tmp_path):
             tmp_path / "r",
             progress=False,
         )
+
+
+# ------------------------------------------------------- bundled models: the symmetric one
+@pytest.fixture
+def bundled(tmp_path, monkeypatch):
+    """Two bundled models (a default and a symmetric one) in a temporary package folder."""
+    from test_sampling import save_tiny
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    models = {
+        "default": save_tiny(folder / "default.safetensors", seed=0),
+        "symmetric": save_tiny(folder / "symmetric.safetensors", seed=1),
+    }
+    monkeypatch.setattr("crystalflow.checkpoint.bundled_models", lambda: dict(models))
+    monkeypatch.delenv("CRYSTALFLOW_CHECKPOINT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return models
+
+
+def _chosen(**kwargs):
+    import crystalflow.sampling as sampling
+
+    p = sampling.prepare("sample", n=1, steps=2, device="cpu", **kwargs)
+    return Path(p.checkpoint).name, p.notes
+
+
+def test_bundled_models_resolve_by_name(bundled):
+    import crystalflow.sampling as sampling
+    from crystalflow.checkpoint import CheckpointError, resolve_model_path
+
+    assert sampling.resolve_checkpoint("symmetric") == bundled["symmetric"]
+    assert sampling.resolve_checkpoint("default") == bundled["default"]
+    assert resolve_model_path("symmetric") == bundled["symmetric"]
+    assert sampling.resolve_checkpoint(None) == bundled["default"]
+    with pytest.raises(SamplingError, match=r"--checkpoint nope: .*bundled: default, symmetric"):
+        sampling.resolve_checkpoint("nope")
+    with pytest.raises(CheckpointError, match="no such model file"):
+        resolve_model_path("nope")
+
+
+def test_templated_requests_use_the_symmetric_model(bundled, tmp_path, monkeypatch):
+    name, notes = _chosen(formula="TiO2", num_atoms=6, spacegroup=136, wyckoff="Ti:2a,O:4f")
+    assert name == "symmetric.safetensors"
+    assert len(notes) == 1 and "--checkpoint default" in notes[0]
+    assert _chosen(formula="MgO", num_atoms=2, spacegroup="Fm-3m")[0] == "symmetric.safetensors"
+    # composition only, or a model named explicitly: never switched
+    assert _chosen(formula="TiO2", num_atoms=6) == ("default.safetensors", [])
+    got = _chosen(formula="TiO2", num_atoms=6, spacegroup=136, checkpoint="default")
+    assert got == ("default.safetensors", [])
+    # --from-csv: only when every row has a space-group number
+    every = tmp_path / "every.csv"
+    every.write_text("material_id,formula,num_atoms,spacegroup\nr,TiO2,6,136\nm,MgO,2,225\n")
+    assert _chosen(from_csv=str(every))[0] == "symmetric.safetensors"
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_text("material_id,formula,num_atoms,spacegroup\nr,TiO2,6,136\nm,MgO,2,\n")
+    assert _chosen(from_csv=str(mixed)) == ("default.safetensors", [])
+    plain = tmp_path / "plain.csv"
+    plain.write_text("material_id,formula,num_atoms\nr,TiO2,6\n")
+    assert _chosen(from_csv=str(plain))[0] == "default.safetensors"
+    # the environment variable names a model: it wins
+    monkeypatch.setenv("CRYSTALFLOW_CHECKPOINT", str(bundled["default"]))
+    assert _chosen(formula="TiO2", num_atoms=6, spacegroup=136)[0] == "default.safetensors"
+
+
+def test_auto_templates_keep_the_default_model_and_share_its_table(bundled, tmp_path):
+    from crystalflow.sampling.retrieval import default_template_table
+
+    table = bundled["default"].with_name("default-templates.csv.gz")
+    assert default_template_table(bundled["symmetric"]) is None  # no table at all yet
+    table.write_bytes(b"")
+    assert default_template_table(bundled["symmetric"]) == table
+    assert default_template_table(bundled["default"]) == table
+    other = save_tiny_elsewhere(tmp_path / "elsewhere" / "m.safetensors")
+    assert default_template_table(other) is None  # not bundled: no borrowed table
+    auto = tmp_path / "auto.csv"
+    auto.write_text("material_id,formula,spacegroup\nr,TiO2,auto\n")
+    from crystalflow.sampling.api import _symmetric_default
+    from crystalflow.sampling.request import SampleRequest
+
+    assert _symmetric_default(SampleRequest.build("sample", from_csv=str(auto), n=1)) is None
+    req = SampleRequest.build("sample", formula="TiO2", spacegroup="auto", n=1)
+    assert _symmetric_default(req) is None
+
+
+def save_tiny_elsewhere(path):
+    from test_sampling import save_tiny
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return save_tiny(path)
+
+
+def test_the_shipped_symmetric_model(tmp_path, monkeypatch):
+    """The bundled symmetric model is a CSP model trained on templates, and a templated request
+    without --checkpoint samples with it (structures of the requested group)."""
+    import crystalflow.sampling as sampling
+    from crystalflow.checkpoint import bundled_models
+
+    monkeypatch.delenv("CRYSTALFLOW_CHECKPOINT", raising=False)
+    models = bundled_models()
+    assert {"default", "symmetric"} <= models.keys()
+    m = load_model("symmetric")
+    assert m.config.mode == "csp"
+    assert m.info["symmetric_targets"]["train_fitted"] > 0.9 * m.info["num_train"]
+    req = dict(formula="TiO2", num_atoms=6, spacegroup=136, wyckoff="Ti:2a,O:4f", n=2, steps=5)
+    prepared = sampling.prepare("sample", device="cpu", **req)
+    assert Path(prepared.checkpoint) == models["symmetric"].resolve()
+    out = tmp_path / "ru"
+    sampling.execute(prepared, out)
+    for f in sorted(out.glob("*.cif")):
+        s = Structure.from_file(f)
+        assert spglib_number(s.lattice.matrix, s.frac_coords, [x.specie.Z for x in s]) == 136

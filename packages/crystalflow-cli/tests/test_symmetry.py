@@ -536,3 +536,71 @@ def test_auto_rows_without_a_template_are_sampled_unconstrained(tmp_path):
     assert by["x"].templates and by["x"].templates[0].spacegroup == 136
     assert by["y"].templates == ()
     assert any("no template in the template data for 1 row(s) (y)" in w for w in prepared.warnings)
+
+
+# ------------------------------------------------------------------- collapsed-orbit retries
+def _rows_by_target(out):
+    import csv
+
+    rows = list(csv.DictReader(open(out / "summary.csv")))
+    by: dict[str, list[dict]] = {}
+    for r in rows:
+        by.setdefault(r["target_id"], []).append(r)
+    return by
+
+
+def _mixed_csv(tmp_path):
+    p = tmp_path / "mixed.csv"
+    p.write_text(
+        "material_id,formula,num_atoms,spacegroup,wyckoff\n"
+        'ru,TiO2,6,136,"Ti:2a,O:4f"\n'
+        "free,MgO,2,,\n"
+    )
+    return p
+
+
+def test_collapsed_orbits_are_sampled_again(tmp_path, monkeypatch):
+    """Every templated structure flagged as collapsed is drawn again (COLLAPSE_RETRIES times at
+    most), stays in its group, and the unconstrained rows of the same run are left untouched."""
+    from crystalflow.sampling import engine
+
+    csv_path = _mixed_csv(tmp_path)
+    monkeypatch.setattr(engine, "COLLAPSE_RETRIES", 0)
+    base = run_api(tiny_model(), from_csv=str(csv_path), n=3, out=tmp_path / "a", seed=4)
+    monkeypatch.setattr(engine, "COLLAPSE_RETRIES", 3)
+    monkeypatch.setattr(engine, "COLLAPSE_DISTANCE", 1e3)  # every structure counts as collapsed
+    again = run_api(tiny_model(), from_csv=str(csv_path), n=3, out=tmp_path / "b", seed=4)
+
+    def by_id(structs):
+        return {s.properties["id"]: s for s in structs}
+
+    a, b = by_id(base), by_id(again)
+    assert a.keys() == b.keys()
+    rows = _rows_by_target(tmp_path / "b")
+    assert [r["retries"] for r in rows["ru"]] == ["3", "3", "3"]
+    assert {r.get("retries", "") for r in rows["free"]} == {""}
+    for r in rows["ru"]:
+        sa, sb = a[r["id"]], b[r["id"]]
+        assert not np.allclose(sa.frac_coords, sb.frac_coords)  # a new draw replaced it
+        assert spglib_number(sb.lattice.matrix, sb.frac_coords, [x.specie.Z for x in sb]) == 136
+        assert sorted(x.specie.Z for x in sb) == [8, 8, 8, 8, 22, 22]
+    for r in rows["free"]:
+        sa, sb = a[r["id"]], b[r["id"]]
+        np.testing.assert_array_equal(sa.frac_coords, sb.frac_coords)
+        np.testing.assert_array_equal(sa.lattice.matrix, sb.lattice.matrix)
+
+
+def test_collapsed_orbits_are_rare_after_retries(tmp_path):
+    """With the shipped threshold a templated structure keeps a collapsed orbit (two atoms closer
+    than COLLAPSE_DISTANCE) only after exhausting its retries."""
+    from crystalflow.sampling import engine
+
+    csv_path = _mixed_csv(tmp_path)
+    structs = run_api(tiny_model(), from_csv=str(csv_path), n=8, out=tmp_path / "c", seed=1)
+    rows = {r["id"]: r for rs in _rows_by_target(tmp_path / "c").values() for r in rs}
+    for s in structs:
+        r = rows[s.properties["id"]]
+        if r["target_id"] != "ru":
+            continue
+        d = min_distance(s.lattice.matrix, s.frac_coords)
+        assert d >= engine.COLLAPSE_DISTANCE or int(r["retries"]) == engine.COLLAPSE_RETRIES

@@ -42,6 +42,8 @@ __all__ = [
     "STATE_FORMAT",
     "CheckpointError",
     "atomic_write_text",
+    "bundled_model_path",
+    "bundled_models",
     "default_model_path",
     "import_official",
     "is_official_release",
@@ -251,19 +253,41 @@ def _check_finite(path: str | Path, tensors: Mapping[str, Tensor], writing: bool
             )
 
 
-def default_model_path() -> Path | None:
-    """The bundled default model (``crystalflow/checkpoints/*.safetensors``), if any."""
+def bundled_models() -> dict[str, Path]:
+    """The models installed with crystalflow (``crystalflow/checkpoints/NAME.safetensors``), by
+    name: ``default`` (composition-only CSP) and ``symmetric`` (CSP trained on space-group
+    templates, used by ``--spacegroup`` sampling) when present."""
     try:
         folder = resources.files("crystalflow") / "checkpoints"
         if not folder.is_dir():
-            return None
+            return {}
         files = sorted(p.name for p in folder.iterdir() if p.name.endswith(".safetensors"))
     except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError):
+        return {}
+    return {f[: -len(".safetensors")]: Path(str(folder / f)) for f in files}
+
+
+def bundled_model_path(name: str) -> Path | None:
+    """The bundled model called ``name`` (see :func:`bundled_models`), or None.
+
+    ``"default"`` is :func:`default_model_path`."""
+    if name == "default":
+        return default_model_path()
+    return bundled_models().get(name)
+
+
+def default_model_path() -> Path | None:
+    """The bundled default model (``crystalflow/checkpoints/*.safetensors``), if any."""
+    models = bundled_models()
+    if not models:
         return None
-    if not files:
-        return None
-    name = "default.safetensors" if "default.safetensors" in files else files[0]
-    return Path(str(folder / name))
+    return models["default"] if "default" in models else models[sorted(models)[0]]
+
+
+def is_bundled_name(path: str | Path) -> bool:
+    """Whether ``path`` reads as the name of a bundled model (no folder, no suffix)."""
+    text = str(path)
+    return bool(text) and "/" not in text and "\\" not in text and "." not in text
 
 
 def resolve_model_path(path: str | Path | None, which: str = "best") -> Path:
@@ -277,6 +301,10 @@ def resolve_model_path(path: str | Path | None, which: str = "best") -> Path:
             raise CheckpointError("no model given and no default model is bundled with crystalflow")
         return p
     p = Path(path)
+    if not p.exists() and is_bundled_name(path):
+        b = bundled_model_path(str(path))
+        if b is not None:
+            return b
     if p.is_dir():
         other = "last" if which == "best" else "best"
         for name in (f"model_{which}.safetensors", f"model_{other}.safetensors"):

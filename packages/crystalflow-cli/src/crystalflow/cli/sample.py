@@ -75,6 +75,8 @@ def run_request(command: str, values: dict[str, Any]) -> None:
             prepared = sampling.prepare(request)
         for line in prepared.warnings:
             typer.echo(f"warning: {line}", err=True)
+        for line in prepared.notes:
+            typer.echo(f"note: {line}", err=True)
         result = sampling.execute(
             prepared,
             out,

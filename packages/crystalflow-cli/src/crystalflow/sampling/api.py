@@ -12,7 +12,7 @@ import logging
 import os
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +57,9 @@ log = logging.getLogger(__name__)
 
 #: environment variable naming the default checkpoint (a file or a folder)
 CHECKPOINT_ENV = "CRYSTALFLOW_CHECKPOINT"
+#: name of the bundled CSP model trained on space-group templates (``train.symmetric_targets``),
+#: chosen for requests whose every target has a given template (:func:`_symmetric_default`)
+SYMMETRIC_MODEL = "symmetric"
 #: the embedded default checkpoint shipped inside the package
 DEFAULT_CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 
@@ -73,6 +76,17 @@ def resolve_checkpoint(path: str | os.PathLike[str] | None = None) -> Path:
     if path is not None and str(path) != "":
         p = Path(path).expanduser()
         if not p.exists():
+            from crystalflow.checkpoint import bundled_model_path, bundled_models, is_bundled_name
+
+            if is_bundled_name(path):
+                b = bundled_model_path(str(path))
+                if b is not None:
+                    return b
+                names = ", ".join(sorted(bundled_models())) or "none"
+                raise SamplingError(
+                    f"--checkpoint {path}: no such file or folder, and no bundled model of that "
+                    f"name (bundled: {names})"
+                )
             raise SamplingError(f"--checkpoint {p}: no such file or folder")
         return p
     env = os.environ.get(CHECKPOINT_ENV, "").strip()
@@ -137,6 +151,8 @@ class Prepared:
     checkpoint : str
         The resolved checkpoint path (or ``"<model object>"``).
     warnings : list[str]
+    notes : list[str]
+        Informational lines (e.g. which bundled model was chosen); the command line prints them.
     """
 
     command: str
@@ -147,6 +163,7 @@ class Prepared:
     device: str
     checkpoint: str
     warnings: list[str]
+    notes: list[str] = field(default_factory=list)
 
     def manifest(self) -> dict[str, Any]:
         """The request as stored in ``run.json`` (targets are added by the writer)."""
@@ -173,6 +190,45 @@ def _attach(model: CrystalFlow | None, request: SampleRequest, dev: str) -> tupl
         path = resolve_checkpoint(request.checkpoint)
         return load_checkpoint(path, device=dev), str(path.resolve())
     return model.to(dev).eval(), "<model object>"
+
+
+def _symmetric_default(request: SampleRequest) -> Path | None:
+    """The bundled ``symmetric`` model, for a request whose every target is sampled on a given
+    space-group template and that names no model (no ``--checkpoint``, no
+    ``$CRYSTALFLOW_CHECKPOINT``); otherwise None.
+
+    ``--spacegroup N`` (a number or symbol) qualifies, and so does a ``--from-csv`` whose every row
+    has a space-group number; ``auto`` does not (retrieval can leave a row unconstrained, and the
+    symmetric model samples unconstrained structures poorly: BENCHMARKS.md)."""
+    if request.command != "sample" or request.checkpoint not in (None, ""):
+        return None
+    if os.environ.get(CHECKPOINT_ENV, "").strip():
+        return None
+    from crystalflow.checkpoint import bundled_model_path
+
+    sym = bundled_model_path(SYMMETRIC_MODEL)
+    if sym is None:
+        return None
+    if request.formula is not None:
+        return sym if request.spacegroup is not None and not _is_auto(request.spacegroup) else None
+    if request.from_csv is None:
+        return None
+    from xtal_repr import CsvReadError, read_csv_rows
+
+    try:
+        header, rows = read_csv_rows(Path(request.from_csv))
+    except (CsvReadError, OSError, ValueError):
+        return None  # the target reader reports the file's problem
+    cols = {h.strip(): h for h in header}
+    col = cols.get("spacegroup") or cols.get("space_group")
+    if col is None or not rows:
+        return None
+    values = [(row.get(col) or "").strip() for row in rows]
+    return sym if all(v and not _is_auto(v) for v in values) else None
+
+
+def _is_auto(value: object) -> bool:
+    return str(value).strip().lower() == "auto"
 
 
 def prepare(
@@ -248,6 +304,15 @@ def prepare(
 
         require_chgnet()
     dev = resolve_device(r.device)
+    notes: list[str] = []
+    if model is None and _symmetric_default(r) is not None:
+        r = replace(r, checkpoint=SYMMETRIC_MODEL)
+        notes.append(
+            f"every target has a space-group template and no --checkpoint was given: sampling "
+            f"with the bundled model trained on templates (--checkpoint {SYMMETRIC_MODEL}; "
+            "--checkpoint default for the composition-only one)"
+        )
+        log.info(notes[-1])
     model, ckpt = _attach(model, r, dev)
     conds = resolve_condition_names(conds, list(model.config.conditions))
     if formula is not None and targets is not None:  # built before the names were known
@@ -293,7 +358,9 @@ def prepare(
         model, list(targets), options_, mode="csp" if r.command == "sample" else "dng"
     )
     options_ = SamplingOptions(**{**asdict(options_), "batch_size": options_.batch_atoms(dev)})
-    return Prepared(r.command, model, checked, options_, post, dev, ckpt, sym_warnings + warns)
+    return Prepared(
+        r.command, model, checked, options_, post, dev, ckpt, sym_warnings + warns, notes
+    )
 
 
 def _check_symmetry_options(r: SampleRequest) -> int | str | None:

@@ -60,14 +60,23 @@ TABLE_COLUMNS = ("material_id", "formula", "anonymous", "spacegroup", "wyckoff",
 
 
 def default_template_table(model_path: str | os.PathLike[str] | None) -> Path | None:
-    """``<model stem>-templates.csv.gz`` next to a model file, if it exists."""
+    """``<model stem>-templates.csv.gz`` next to a model file, if it exists. A bundled model
+    without its own table uses the bundled default's (every bundled CSP model is trained on the
+    same split, train_partial+val)."""
     if model_path is None:
         return None
     p = Path(model_path)
     if p.is_dir():
         return None
     cand = p.with_name(p.stem + "-templates.csv.gz")
-    return cand if cand.is_file() else None
+    if cand.is_file():
+        return cand
+    from crystalflow.checkpoint import bundled_models
+
+    if p.resolve() in {b.resolve() for b in bundled_models().values()}:
+        shared = p.with_name("default-templates.csv.gz")
+        return shared if shared.is_file() else None
+    return None
 
 
 def build_template_table(
