@@ -87,8 +87,9 @@ CKPT_OPT = Annotated[
     str | None,
     typer.Option(
         "--checkpoint",
-        help="Model file (.safetensors) or training run folder (default: "
-        "$CRYSTALFLOW_CHECKPOINT, else the model shipped with crystalflow).",
+        help="Model file (.safetensors), training run folder, or a bundled model's name "
+        "(default, symmetric). Default: $CRYSTALFLOW_CHECKPOINT, else the bundled 'default' "
+        "(or 'symmetric' when every target has a given --spacegroup template).",
         rich_help_panel=_SAMPLING,
     ),
 ]
