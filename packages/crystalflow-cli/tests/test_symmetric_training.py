@@ -395,7 +395,7 @@ def test_templated_requests_use_the_symmetric_model(bundled, tmp_path, monkeypat
     assert _chosen(formula="TiO2", num_atoms=6, spacegroup=136)[0] == "default.safetensors"
 
 
-def test_auto_templates_keep_the_default_model_and_share_its_table(bundled, tmp_path):
+def test_auto_templates_use_the_symmetric_model_and_share_the_table(bundled, tmp_path):
     from crystalflow.sampling.retrieval import default_template_table
 
     table = bundled["default"].with_name("default-templates.csv.gz")
@@ -406,13 +406,14 @@ def test_auto_templates_keep_the_default_model_and_share_its_table(bundled, tmp_
     other = save_tiny_elsewhere(tmp_path / "elsewhere" / "m.safetensors")
     assert default_template_table(other) is None  # not bundled: no borrowed table
     auto = tmp_path / "auto.csv"
-    auto.write_text("material_id,formula,spacegroup\nr,TiO2,auto\n")
+    auto.write_text("material_id,formula,spacegroup\nr,TiO2,auto\nm,MgO,225\n")
     from crystalflow.sampling.api import _symmetric_default
     from crystalflow.sampling.request import SampleRequest
 
-    assert _symmetric_default(SampleRequest.build("sample", from_csv=str(auto), n=1)) is None
+    req = SampleRequest.build("sample", from_csv=str(auto), n=1)
+    assert _symmetric_default(req) == bundled["symmetric"]
     req = SampleRequest.build("sample", formula="TiO2", spacegroup="auto", n=1)
-    assert _symmetric_default(req) is None
+    assert _symmetric_default(req) == bundled["symmetric"]
 
 
 def save_tiny_elsewhere(path):
@@ -442,3 +443,22 @@ def test_the_shipped_symmetric_model(tmp_path, monkeypatch):
     for f in sorted(out.glob("*.cif")):
         s = Structure.from_file(f)
         assert spglib_number(s.lattice.matrix, s.frac_coords, [x.specie.Z for x in s]) == 136
+
+
+def test_auto_rows_without_a_template_warn_with_a_symmetric_model(tmp_path):
+    import crystalflow.sampling as sampling
+    from test_sampling import example_structures, write_cdvae_csv
+
+    _, tio2, srtio3 = example_structures()
+    train_csv = write_cdvae_csv(tmp_path / "train.csv", [tio2, srtio3], ["a", "b"])
+    p = tmp_path / "t.csv"
+    p.write_text("material_id,formula,spacegroup\nx,TiO2,auto\ny,NaCl,auto\n")
+    for trained_on_templates in (False, True):
+        model = tiny_model()
+        if trained_on_templates:
+            model.info["symmetric_targets"] = {"symprec": 0.1}
+        prepared = sampling.prepare(
+            "sample", model=model, from_csv=str(p), n=1, template_data=str(train_csv), steps=2
+        )
+        line = next(w for w in prepared.warnings if "no template in the template data" in w)
+        assert ("--checkpoint default" in line) is trained_on_templates

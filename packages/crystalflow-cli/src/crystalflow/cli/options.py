@@ -89,7 +89,7 @@ CKPT_OPT = Annotated[
         "--checkpoint",
         help="Model file (.safetensors), training run folder, or a bundled model's name "
         "(default, symmetric). Default: $CRYSTALFLOW_CHECKPOINT, else the bundled 'default' "
-        "(or 'symmetric' when every target has a given --spacegroup template).",
+        "(or 'symmetric' when every target asks for a --spacegroup template).",
         rich_help_panel=_SAMPLING,
     ),
 ]

@@ -197,9 +197,11 @@ def _symmetric_default(request: SampleRequest) -> Path | None:
     space-group template and that names no model (no ``--checkpoint``, no
     ``$CRYSTALFLOW_CHECKPOINT``); otherwise None.
 
-    ``--spacegroup N`` (a number or symbol) qualifies, and so does a ``--from-csv`` whose every row
-    has a space-group number; ``auto`` does not (retrieval can leave a row unconstrained, and the
-    symmetric model samples unconstrained structures poorly: BENCHMARKS.md)."""
+    ``--spacegroup N`` (a number or symbol) or ``auto`` qualifies, and so does a ``--from-csv``
+    whose every row has a space-group value (a number, symbol or ``auto``). A row without a value
+    would be sampled unconstrained, which the symmetric model does poorly (BENCHMARKS.md), so a
+    CSV with any blank row keeps the default; an ``auto`` row that retrieval finds no template for
+    is warned about (:func:`_apply_symmetry`)."""
     if request.command != "sample" or request.checkpoint not in (None, ""):
         return None
     if os.environ.get(CHECKPOINT_ENV, "").strip():
@@ -210,7 +212,7 @@ def _symmetric_default(request: SampleRequest) -> Path | None:
     if sym is None:
         return None
     if request.formula is not None:
-        return sym if request.spacegroup is not None and not _is_auto(request.spacegroup) else None
+        return sym if request.spacegroup is not None else None
     if request.from_csv is None:
         return None
     from xtal_repr import CsvReadError, read_csv_rows
@@ -224,11 +226,7 @@ def _symmetric_default(request: SampleRequest) -> Path | None:
     if col is None or not rows:
         return None
     values = [(row.get(col) or "").strip() for row in rows]
-    return sym if all(v and not _is_auto(v) for v in values) else None
-
-
-def _is_auto(value: object) -> bool:
-    return str(value).strip().lower() == "auto"
+    return sym if all(values) else None
 
 
 def prepare(
@@ -308,7 +306,7 @@ def prepare(
     if model is None and _symmetric_default(r) is not None:
         r = replace(r, checkpoint=SYMMETRIC_MODEL)
         notes.append(
-            f"every target has a space-group template and no --checkpoint was given: sampling "
+            f"every target asks for a space-group template and no --checkpoint was given: sampling "
             f"with the bundled model trained on templates (--checkpoint {SYMMETRIC_MODEL}; "
             "--checkpoint default for the composition-only one)"
         )
@@ -506,6 +504,12 @@ def _apply_symmetry(
         warns.append(
             f"--spacegroup auto: no template in the template data for {len(no_template)} "
             f"row(s) ({', '.join(no_template[:5])}{more}): sampled without a template"
+            + (
+                "; this model was trained on space-group templates and samples poorly without "
+                "one: sample these rows with --checkpoint default"
+                if getattr(model, "info", {}).get("symmetric_targets")
+                else ""
+            )
         )
     return out
 
