@@ -214,11 +214,20 @@ class Trainer:
         for what, ds in (("training", train_ds), ("validation", val_ds)):
             t0 = time.perf_counter()
             self.log.line(f"fitting the {what} crystals to their space-group templates ...")
+            shown = [0]
+
+            def progress(done: int, total: int, what: str = what, shown: list = shown) -> None:
+                tenth = 10 * done // max(1, total)  # a line per 10 % (cached splits: none)
+                if tenth > shown[0] and done < total:
+                    shown[0] = tenth
+                    self.log.line(f"  {what}: {done:,} of {total:,} crystals fitted ...")
+
             split = symmetrize_dataset(
                 ds,
                 cfg.train.symmetric_symprec,
                 cache_dir=cfg.data.cache_dir,
                 workers=cfg.data.workers,
+                progress=progress,
             )
             self.log.line(
                 f"symmetric targets: {split.fitted:,} of {len(ds):,} {what} crystals fitted "
